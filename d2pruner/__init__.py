@@ -1,6 +1,8 @@
 """D²Pruner lab: visual-token pruning inside multimodal LLMs, and tools to see why methods keep what they keep.
 
 Public API:
+    load(name, device=None, dtype=None) -> Analyzer; Analyzer.analyze(image, prompt, ...) -> AnalysisResult
+    prune(model, tokens, layer=K, select=fn | keep=idx): context manager pruning inside a transformers model
     select(method, *, n, hidden, attention, grid, prior, keys, **params) -> LongTensor
     METHODS: registry of method names -> hyperparameter dataclasses
     hybrid_graph(hidden, grid, alpha, theta) -> HybridGraph (adjacency + labelled edges)
@@ -9,6 +11,8 @@ Public API:
 Submodules: layout (token -> image regions), grounding (prompts, box parsing, IoU), efficiency.
 """
 
+from d2pruner.adapters import PruneInputs, PruneState, VisualTokens, adapter_for, prune
+from d2pruner.analyzer import AnalysisResult, Analyzer, GridView, MethodResult, keep_count, load
 from d2pruner.efficiency import (
     ARCHITECTURES,
     EfficiencyReport,
@@ -21,26 +25,43 @@ from d2pruner.efficiency import (
 )
 from d2pruner.graph import HybridGraph, hybrid_graph, spatial_adjacency
 from d2pruner.methods import METHODS, build_method, relative_attention, select
-from d2pruner.priors import resize_prior
+from d2pruner.priors import Prior, load_prior, resize_prior, save_prior
+from d2pruner.tiny import TINY_NAMES, build_tiny
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES",
     "METHODS",
+    "TINY_NAMES",
+    "AnalysisResult",
+    "Analyzer",
     "EfficiencyReport",
+    "GridView",
     "HybridGraph",
+    "MethodResult",
     "ModelArch",
+    "Prior",
+    "PruneInputs",
+    "PruneState",
+    "VisualTokens",
     "__version__",
+    "adapter_for",
     "arch_from_config",
     "build_method",
+    "build_tiny",
     "efficiency_report",
     "get_arch",
     "hybrid_graph",
+    "keep_count",
     "kv_cache_bytes",
+    "load",
+    "load_prior",
     "prefill_flops",
+    "prune",
     "relative_attention",
     "resize_prior",
+    "save_prior",
     "select",
     "spatial_adjacency",
 ]

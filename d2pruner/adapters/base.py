@@ -1,0 +1,468 @@
+"""The shared pruning mechanism: an ``AttentionInterface`` wrapper plus decoder-layer pre-hooks.
+
+How it works (transformers 5.23, batch size 1):
+
+1. :func:`prune` registers a uniquely named attention function (and the matching ``AttentionMaskInterface``
+   entry — without it ``create_causal_mask`` silently drops the padding mask) and sets it on the *text config
+   of this model instance only*; the previous ``_attn_implementation`` is restored on exit. The function wraps
+   the real implementation (sdpa, eager, …) unchanged; at layer K−1 during prefill it additionally computes the
+   last-prompt-token attention row from the post-RoPE q and k it receives (softmax over the whole sequence with
+   the mask, fp32, mean over heads, KV heads repeated for GQA).
+2. A forward hook on ``layers[K-1].self_attn.k_proj`` keeps the layer-(K−1) keys of the visual tokens
+   (*pre-RoPE*, all KV heads concatenated: [N, H_kv·d]) for DART — pre-RoPE so that the similarity of two tokens
+   does not depend on their distance in the sequence.
+3. Forward pre-hooks (``with_kwargs=True``) on every decoder layer ≥ K. At layer K of the prefill the visual
+   hidden states entering layer K are handed to the selection; all text (and protected) tokens plus the kept
+   visual tokens stay, in original order. Hidden states (layer K only), position embeddings (cos/sin, also the
+   3-D M-RoPE ones: the sequence is always dim −2), position ids and 4-D masks (rows and columns) are sliced for
+   every layer ≥ K. Original positions are kept. Later forwards (decode steps, continuations) are never pruned
+   again; their masks' key columns are mapped to the kept prefix + everything after the prompt, which is exactly
+   what layers ≥ K hold in the cache.
+4. Everything is undone in ``finally``: hooks removed, the registry entries deleted, the config restored.
+
+Nothing here is patched at import time and no class is modified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+_COUNTER = itertools.count()
+
+
+@dataclass
+class ProcessorParts:
+    """Tokenizer + image processor, for families whose full processor cannot be built (Qwen2.5-VL and InternVL
+    need torchvision for their video processor). The family adapter expands the image tokens itself."""
+
+    tokenizer: Any
+    image_processor: Any
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One rectangular grid of visual tokens (row-major) inside the candidate list."""
+
+    name: str
+    rows: int
+    cols: int
+    offset: int  # index of the grid's first token in the candidate list
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.cols
+
+
+@dataclass
+class VisualTokens:
+    """Where the visual tokens of one prompt sit.
+
+    Attributes:
+        positions: [N] sequence positions of the *candidate* visual tokens, grid after grid, row-major. The
+            selection's indices index this tensor.
+        grids: the grids, in candidate order; their sizes sum to N.
+        protected: sequence positions of visual tokens that are never pruned and are not candidates
+            (LLaVA-NeXT's newline tokens).
+        seq_len: prompt length L.
+    """
+
+    positions: torch.Tensor
+    grids: list[Grid]
+    protected: torch.Tensor
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        n = int(self.positions.numel())
+        if sum(g.size for g in self.grids) != n:
+            raise ValueError(f"grid sizes {[g.size for g in self.grids]} do not sum to {n} visual tokens")
+
+    @property
+    def num_candidates(self) -> int:
+        return int(self.positions.numel())
+
+    @property
+    def grid_shapes(self) -> list[tuple[int, int]]:
+        return [(g.rows, g.cols) for g in self.grids]
+
+
+@dataclass
+class PruneInputs:
+    """What a selection function receives at layer K (N = number of candidate visual tokens).
+
+    Attributes:
+        hidden: [N, D] visual hidden states entering layer K (output of layer K−1), fp32.
+        attention: [N] last-prompt-token attention to the visual tokens at layer K−1, mean over heads, fp32.
+        keys: [N, H_kv·d] pre-RoPE layer-(K−1) keys of the visual tokens, fp32, or None.
+        grids: [(rows, cols), …] whose sizes sum to N.
+    """
+
+    hidden: torch.Tensor
+    attention: torch.Tensor
+    keys: torch.Tensor | None
+    grids: list[tuple[int, int]]
+
+    @property
+    def grid(self) -> tuple[int, int] | list[tuple[int, int]]:
+        """A single (rows, cols) when there is one grid, else the list — the form ``d2pruner.select`` takes."""
+        return self.grids[0] if len(self.grids) == 1 else list(self.grids)
+
+
+SelectFn = Callable[[PruneInputs], torch.Tensor]
+
+
+@dataclass
+class PruneState:
+    """Per-call state of one :func:`prune` context (reset for every context; no globals).
+
+    After the prefill: ``attention_row`` [L] (full last-token row at layer K−1), ``attention`` [N], ``hidden``
+    [N, D], ``keys`` [N, Dk] or None, ``kept`` (sorted indices into the N candidates; None in observe mode),
+    ``keep_positions`` (sorted sequence positions that layers ≥ K see), ``prefill_seconds``.
+    """
+
+    layer: int
+    tokens: VisualTokens
+    select_fn: SelectFn | None = None
+    fixed: torch.Tensor | None = None
+    attention_row: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    kept: torch.Tensor | None = None
+    keep_positions: torch.Tensor | None = None
+    prefill_length: int | None = None
+    prefill_seconds: float | None = None
+    inactive: bool = False  # True when the context started on a non-empty cache: nothing is pruned
+    _plan: tuple[torch.Tensor | None, torch.Tensor | None] | None = field(default=None, repr=False)
+    _keys_full: torch.Tensor | None = field(default=None, repr=False)
+    _t0: float | None = field(default=None, repr=False)
+
+    @property
+    def observe_only(self) -> bool:
+        return self.select_fn is None and self.fixed is None
+
+    @property
+    def num_kept(self) -> int | None:
+        return None if self.kept is None else int(self.kept.numel())
+
+    # -- called from the attention function at layer K-1 -------------------------------------------------
+    def capture_row(self, module, query, key, mask, scaling: float) -> None:
+        """Last-query-row attention probabilities, mean over heads: [L_k] (fp32)."""
+        q = query[0, :, -1].float()  # [H, d]
+        k = key[0].float()  # [H_kv, L_k, d]
+        groups = q.shape[0] // k.shape[0]
+        k = k.repeat_interleave(groups, dim=0)  # GQA: query head h uses KV head h // groups
+        scores = torch.einsum("hd,hld->hl", q, k) * scaling
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
+                raise ValueError(f"unsupported attention mask type {type(mask).__name__} for attention capture")
+            row = mask[0, :, -1, : k.shape[1]]
+            scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
+        self.attention_row = torch.softmax(scores, dim=-1).mean(0)
+
+    # -- called from the layer-K pre-hook ------------------------------------------------------------------
+    def begin_forward(self, hidden: torch.Tensor, past_len_at_k: int) -> None:
+        """Decide what layers ≥ K do in this forward: prune the prefill once, map later forwards' columns."""
+        if hidden.shape[0] != 1:
+            raise ValueError(f"pruning supports batch size 1 only, got a batch of {hidden.shape[0]}")
+        self._plan = None
+        if self.prefill_length is None:
+            if past_len_at_k > 0 or self.inactive:
+                self.inactive = True  # continuing from an existing cache: never (re-)prune
+                return
+            self._select(hidden)
+            if self.keep_positions is None:
+                return
+            rows = self.keep_positions
+            self._plan = (rows, rows)
+            return
+        if self.inactive or self.keep_positions is None:
+            return
+        if past_len_at_k == 0:  # a full forward again (no cache): same kept prefix, new tokens kept
+            rows = self._extend(hidden.shape[1])
+            self._plan = (rows, rows)
+        else:  # decode / continuation: all new queries kept, key columns mapped
+            self._plan = (None, None)
+
+    def _extend(self, width: int) -> torch.Tensor:
+        tail = torch.arange(self.prefill_length, width, device=self.keep_positions.device)
+        return torch.cat([self.keep_positions, tail])
+
+    def _select(self, hidden: torch.Tensor) -> None:
+        tokens = self.tokens
+        seq_len = hidden.shape[1]
+        if seq_len != tokens.seq_len:
+            raise ValueError(
+                f"the prompt has {seq_len} tokens but the visual-token map was built for {tokens.seq_len}"
+            )
+        if self.attention_row is None:
+            raise RuntimeError("the attention row of layer K-1 was not captured (is the prune context active?)")
+        pos = tokens.positions.to(hidden.device)
+        self.prefill_length = seq_len
+        self.hidden = hidden[0].index_select(0, pos).float()
+        self.attention = self.attention_row.index_select(0, pos.to(self.attention_row.device))
+        if self._keys_full is not None:
+            self.keys = self._keys_full.index_select(0, pos.to(self._keys_full.device)).float()
+        if self.observe_only:
+            return
+        n_cand = tokens.num_candidates
+        if self.fixed is not None:
+            kept = self.fixed
+        else:
+            kept = self.select_fn(
+                PruneInputs(hidden=self.hidden, attention=self.attention, keys=self.keys, grids=tokens.grid_shapes)
+            )
+        kept = torch.as_tensor(kept, dtype=torch.long).flatten().cpu()
+        if kept.numel() and (kept.min() < 0 or kept.max() >= n_cand):
+            raise ValueError(f"selected indices must lie in [0, {n_cand}), got {kept.min()}..{kept.max()}")
+        kept = torch.unique(kept)  # sorted, unique
+        self.kept = kept
+        keep_mask = torch.ones(seq_len, dtype=torch.bool)
+        keep_mask[tokens.positions.cpu()] = False
+        keep_mask[tokens.positions.cpu()[kept]] = True
+        self.keep_positions = keep_mask.nonzero().flatten().to(hidden.device)
+
+    # -- slicing of the kwargs layers >= K receive -----------------------------------------------------------
+    def slice_inputs(self, hidden: torch.Tensor | None, kwargs: dict) -> tuple[torch.Tensor | None, dict]:
+        if self._plan is None:
+            return hidden, kwargs
+        rows, _ = self._plan
+        kwargs = dict(kwargs)
+        if rows is not None:
+            if hidden is not None and hidden.shape[1] != rows.numel():
+                hidden = hidden.index_select(1, rows)
+            pe = kwargs.get("position_embeddings")
+            if pe is not None:
+                kwargs["position_embeddings"] = tuple(
+                    t.index_select(-2, rows) if t.shape[-2] != rows.numel() else t for t in pe
+                )
+            for name in ("position_ids", "cache_position"):
+                t = kwargs.get(name)
+                if isinstance(t, torch.Tensor) and t.ndim >= 1 and t.shape[-1] != rows.numel():
+                    kwargs[name] = t.index_select(-1, rows)
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
+                raise ValueError(
+                    f"unsupported attention mask {type(mask).__name__} for pruning (use sdpa or eager attention)"
+                )
+            if rows is not None and mask.shape[-2] != rows.numel():
+                mask = mask.index_select(-2, rows)
+            cols = self._extend(mask.shape[-1])
+            mask = mask.index_select(-1, cols.to(mask.device))
+            kwargs["attention_mask"] = mask
+        return hidden, kwargs
+
+
+def _eager_for(module) -> Callable:
+    """The ``eager_attention_forward`` of the module's own modeling file (eager is not in the global registry)."""
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise ValueError(f"{type(module).__name__} has no eager_attention_forward to wrap")
+    return fn
+
+
+@contextlib.contextmanager
+def prune(
+    model: torch.nn.Module,
+    tokens: VisualTokens,
+    *,
+    layer: int,
+    select: SelectFn | None = None,
+    keep: torch.Tensor | None = None,
+) -> Iterator[PruneState]:
+    """Prune visual tokens inside ``model`` at decoder layer ``layer`` for the forwards run inside the block.
+
+    Arguments:
+        model: a supported ``*ForConditionalGeneration`` instance (see ``d2pruner.adapters.FAMILIES``).
+        tokens: the prompt's :class:`VisualTokens` (``adapter.visual_tokens(model, inputs)``).
+        layer: K, 1 ≤ K < num_layers. Layers < K see every token, layers ≥ K the kept ones.
+        select: ``fn(PruneInputs) -> indices`` called once at layer K of the prefill.
+        keep: precomputed indices into the N candidates ("fixed indices" mode); exclusive with ``select``.
+            With neither, nothing is pruned and the state only records attention / hidden / keys ("observe").
+
+    Yields:
+        The :class:`PruneState`, filled during the first (prefill) forward inside the block.
+
+    The first forward inside the block that starts from an empty cache is the prefill and is pruned once;
+    decode steps and continuations are never re-pruned. A context entered on a non-empty cache does nothing.
+    Batch size 1 only.
+    """
+    from d2pruner.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    lm = adapter.language_model(model)
+    layers = lm.layers
+    num_layers = len(layers)
+    if not isinstance(layer, int) or not 1 <= layer < num_layers:
+        raise ValueError(f"layer must be an integer in [1, {num_layers}), got {layer!r}")
+    if select is not None and keep is not None:
+        raise ValueError("give either select or keep, not both")
+    fixed = None if keep is None else torch.as_tensor(keep, dtype=torch.long).flatten()
+    state = PruneState(layer=layer, tokens=tokens, select_fn=select, fixed=fixed)
+
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    config = lm.config
+    previous = config._attn_implementation
+    inner_name = previous or "sdpa"
+    if inner_name not in ("sdpa", "eager"):
+        # flash / flex attention take 2-D masks or position-id packing, which pruned positions would break
+        raise ValueError(f"pruning supports the sdpa and eager attention implementations, not {inner_name!r}")
+    key = f"d2pruner_{next(_COUNTER)}"
+
+    def attention(module, query, key_states, value, attention_mask, **kwargs):
+        inner = _eager_for(module) if inner_name == "eager" else ALL_ATTENTION_FUNCTIONS[inner_name]
+        if (
+            getattr(module, "layer_idx", None) == layer - 1
+            and state.prefill_length is None
+            and not state.inactive
+            and query.shape[-2] == key_states.shape[-2]  # prefill from an empty cache
+        ):
+            if query.shape[0] != 1:
+                raise ValueError(f"pruning supports batch size 1 only, got a batch of {query.shape[0]}")
+            scaling = kwargs.get("scaling")
+            state.capture_row(module, query, key_states, attention_mask, scaling if scaling else module.scaling)
+        return inner(module, query, key_states, value, attention_mask, **kwargs)
+
+    def keys_hook(module, args, output):
+        if state.prefill_length is None and not state.inactive:
+            state._keys_full = output[0].detach()
+
+    def make_pre_hook(idx: int):
+        def pre_hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            if idx == layer:
+                cache = kwargs.get("past_key_values")
+                past = cache.get_seq_length(layer) if cache is not None else 0
+                state.begin_forward(hidden, past)
+            if state._plan is None:
+                return None
+            new_hidden, new_kwargs = state.slice_inputs(hidden if idx == layer else None, kwargs)
+            if idx == layer:
+                if args:
+                    args = (new_hidden, *args[1:])
+                else:
+                    new_kwargs["hidden_states"] = new_hidden
+            return args, new_kwargs
+
+        return pre_hook
+
+    def top_pre_hook(module, args, kwargs):
+        for name in ("input_ids", "inputs_embeds"):
+            t = kwargs.get(name)
+            if t is None and name == "input_ids" and args:
+                t = args[0]
+            if isinstance(t, torch.Tensor) and t.shape[0] != 1:
+                raise ValueError(f"pruning supports batch size 1 only, got a batch of {t.shape[0]}")
+        if state.prefill_length is None and state.prefill_seconds is None:
+            _sync(model)
+            state._t0 = time.perf_counter()
+        return None
+
+    def top_hook(module, args, kwargs, output):
+        if state.prefill_seconds is None and state._t0 is not None:
+            _sync(model)
+            state.prefill_seconds = time.perf_counter() - state._t0
+
+    handles = []
+    registered = False
+    try:
+        AttentionInterface.register(key, attention)
+        AttentionMaskInterface.register(key, ALL_MASK_ATTENTION_FUNCTIONS[inner_name])
+        registered = True
+        config._attn_implementation = key
+        handles.append(model.register_forward_pre_hook(top_pre_hook, with_kwargs=True))
+        handles.append(model.register_forward_hook(top_hook, with_kwargs=True))
+        k_proj = getattr(getattr(layers[layer - 1], "self_attn", None), "k_proj", None)
+        if k_proj is not None:
+            handles.append(k_proj.register_forward_hook(keys_hook))
+        for idx in range(layer, num_layers):
+            handles.append(layers[idx].register_forward_pre_hook(make_pre_hook(idx), with_kwargs=True))
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+        config._attn_implementation = previous
+        if registered:
+            AttentionInterface._global_mapping.pop(key, None)
+            AttentionMaskInterface._global_mapping.pop(key, None)
+        state._keys_full = None
+        state._plan = None
+
+
+def _sync(model: torch.nn.Module) -> None:
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class FamilyAdapter:
+    """What differs between model families; one subclass per file (llava.py, llava_next.py, …).
+
+    Subclasses set ``name`` (the family), ``model_types`` (config ``model_type`` values), ``model_class``
+    (the transformers class name) and implement :meth:`visual_tokens` and :meth:`build_inputs`.
+    """
+
+    name: str = ""
+    model_types: tuple[str, ...] = ()
+    model_class: str = ""
+    #: images with more pixels than this are downscaled (aspect kept) before preprocessing
+    max_image_pixels: int = 2048 * 2048
+
+    def language_model(self, model) -> torch.nn.Module:
+        """The decoder (``.layers``, ``.config``)."""
+        return model.model.language_model
+
+    def image_token_id(self, model) -> int:
+        return int(model.config.image_token_id)
+
+    def image_positions(self, model, input_ids: torch.Tensor) -> torch.Tensor:
+        """Sequence positions of every image placeholder token (batch size 1)."""
+        if input_ids.ndim != 2 or input_ids.shape[0] != 1:
+            raise ValueError(f"batch size 1 only, got input_ids of shape {tuple(input_ids.shape)}")
+        pos = (input_ids[0] == self.image_token_id(model)).nonzero().flatten()
+        if pos.numel() == 0:
+            raise ValueError("the prompt contains no image tokens")
+        return pos
+
+    def visual_tokens(self, model, inputs) -> VisualTokens:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def chat_text(self, processor, prompt: str) -> str:
+        """The prompt with the family's chat template and one image placeholder."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def build_inputs(self, model, processor, image, prompt: str) -> dict:
+        """Model inputs (batch size 1, ``return_tensors="pt"``) for one RGB PIL image and one prompt."""
+        return dict(processor(images=image, text=self.chat_text(processor, prompt), return_tensors="pt"))
+
+    def tokenizer(self, processor):
+        return processor.tokenizer
+
+    def layout_overrides(self, model) -> dict:
+        """Geometry that ``d2pruner.layout.layout_from_processor`` cannot read from the processor."""
+        return {}
+
+    def encode_image(self, model, inputs) -> dict:
+        """Run the vision tower + projector once: ``{"image": output}`` for ``mm_encoder_outputs=``.
+
+        Passing it (instead of ``pixel_values``) to ``forward`` / ``generate`` reuses the visual features."""
+        fn = model.model.get_image_features
+        params = inspect.signature(fn).parameters
+        names = ("pixel_values", "image_sizes", "image_grid_thw")
+        kwargs = {k: inputs[k] for k in names if k in inputs and k in params}
+        return {"image": fn(**kwargs, return_dict=True)}

@@ -1,0 +1,589 @@
+"""The analysis API the app calls: load a model once, then analyze (image, prompt) with several methods.
+
+``load(name)`` → :class:`Analyzer`; ``analyzer.analyze(image, prompt, methods=..., keep_ratio=..., layer=...)``
+→ :class:`AnalysisResult`.
+
+What one request computes, and what is shared:
+
+1. preprocessing and the **vision tower + projector once** (``adapter.encode_image``); every later forward gets
+   the features through the model's own ``mm_encoder_outputs=`` argument instead of ``pixel_values``;
+2. **one vanilla run** (``generate`` inside :func:`~d2pruner.adapters.prune` in observe mode): the unpruned
+   answer, and the layer-(K−1) attention row, the visual hidden states entering layer K and the layer-(K−1)
+   keys that every method selects from;
+3. **selection once per method** from those shared captures (``d2pruner.select``);
+4. **one generation per method** with the kept indices applied at layer K (``prune(..., keep=...)``).
+   Layers < K are recomputed in each method's prefill (K of the model's layers, e.g. 2 of 32; the
+   vision tower, the expensive shared part, is not). ``prefill_seconds`` is that pruned prefill forward;
+   ``select_seconds`` the selection.
+
+Coordinates: every region and box is in pixels of the image as passed in (after mode conversion). Images
+larger than the family's maximum are downscaled before preprocessing and tiny ones (shorter side < 28 px) are
+upscaled; regions and boxes are mapped back to the original pixels, and a note says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from d2pruner.adapters import FAMILIES, FamilyAdapter, ProcessorParts, adapter_for, adapter_for_model_type, prune
+from d2pruner.tiny import TINY_NAMES, build_tiny
+
+#: images whose shorter side is below this are upscaled (every family's processor needs a few patches)
+MIN_IMAGE_SIDE = 28
+#: aspect ratios above this are rejected (Qwen2.5-VL's processor limit, applied to every family)
+MAX_ASPECT_RATIO = 200.0
+
+
+@dataclass
+class GridView:
+    """One token grid of the visual-token layout.
+
+    Attributes:
+        name: ``"image"``, ``"base"`` / ``"highres"`` (LLaVA-NeXT), ``"tile0"`` … / ``"thumbnail"`` (InternVL).
+        rows, cols: shape in tokens.
+        offset: index of the grid's first token among the N candidate tokens.
+    """
+
+    name: str
+    rows: int
+    cols: int
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.cols
+
+
+@dataclass
+class MethodResult:
+    """One method's outcome.
+
+    Attributes:
+        kept: sorted int64 indices into the N candidate visual tokens.
+        num_kept: ``len(kept)`` (= n).
+        answer: generated text.
+        box: parsed grounding box in original pixels (x1, y1, x2, y2), or None (also when grounding is off).
+        prefill_seconds: the pruned prefill forward (layers < K included, vision tower excluded).
+        select_seconds: the selection call.
+        params: the method's hyperparameters used.
+    """
+
+    method: str
+    kept: np.ndarray
+    num_kept: int
+    answer: str
+    box: tuple[float, float, float, float] | None
+    prefill_seconds: float
+    select_seconds: float
+    params: dict
+
+
+@dataclass
+class AnalysisResult:
+    """Everything one request produced. N = number of candidate visual tokens (grid tokens; LLaVA-NeXT's
+    newline tokens are not candidates and are always kept).
+
+    Attributes:
+        model, family: the loaded model name and its family.
+        prompt: the user prompt; ``question`` the text sent to the model (grounding template applied).
+        image_size: (width, height) of the image as given; ``processed_size`` what was preprocessed
+            (differs only after a down/upscale, see ``notes``).
+        layer, keep_ratio, num_candidates (N), n: the pruning setting; n = max(1, round(keep_ratio · N)).
+        grids: the token grids, in candidate order.
+        regions: [N, 4] float64 (x1, y1, x2, y2) of each candidate token in original pixels (NaN if none).
+        layout: the :class:`d2pruner.layout.VisualLayout` of the processed image (regions in its pixels).
+        candidate_tokens: [N] indices of the candidates in the layout's visual-token sequence.
+        attention / prior / relative_attention: one [rows, cols] float32 array per grid — raw layer-(K−1)
+            attention of the last prompt token, the prior used (resized to the grid), and their ratio.
+        attention_flat / relative_flat: the same as [N] vectors.
+        prior_source: where the prior came from (``"uniform"`` when none was given).
+        graph_edges: [E, 2] int64 edges (i < j, indices into the N candidates) of D²Pruner's hybrid graph;
+            ``graph_edge_kinds`` [E] ``"spatial"`` / ``"semantic"``; ``graph_params`` α, θ used.
+        vanilla_answer, vanilla_box, vanilla_prefill_seconds: the unpruned run.
+        vision_seconds: the shared vision tower + projector.
+        methods: method name → :class:`MethodResult`, in request order.
+        notes: human-readable remarks (normalisations, missing prior, …).
+    """
+
+    model: str
+    family: str
+    prompt: str
+    question: str
+    image_size: tuple[int, int]
+    processed_size: tuple[int, int]
+    layer: int
+    keep_ratio: float
+    num_candidates: int
+    n: int
+    grids: list[GridView]
+    regions: np.ndarray
+    layout: object
+    candidate_tokens: np.ndarray
+    attention: list[np.ndarray]
+    prior: list[np.ndarray]
+    relative_attention: list[np.ndarray]
+    attention_flat: np.ndarray
+    relative_flat: np.ndarray
+    prior_source: str
+    graph_edges: np.ndarray
+    graph_edge_kinds: list[str]
+    graph_params: dict
+    vanilla_answer: str
+    vanilla_box: tuple[float, float, float, float] | None
+    vanilla_prefill_seconds: float
+    vision_seconds: float
+    methods: dict[str, MethodResult] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input normalisation (one place).
+
+
+def keep_count(keep_ratio: float, num_tokens: int) -> int:
+    """``n = max(1, round(keep_ratio · N))`` after checking ``keep_ratio ∈ (0, 1]``."""
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real) or not math.isfinite(keep_ratio):
+        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+    if not 0.0 < float(keep_ratio) <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    return max(1, round(float(keep_ratio) * num_tokens))
+
+
+def to_rgb(image) -> object:
+    """Any PIL image (RGBA, LA, P, L, CMYK, I;16, I, F, …) or HxW[xC] uint8/float array → RGB PIL image.
+
+    Transparency is composited on white; 16-bit / 32-bit / float single-channel images are scaled by their
+    own min–max range to 8 bits."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or arr.size == 0:
+            raise ValueError(f"image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            arr = _to_uint8(arr.astype(np.float64))
+        image = Image.fromarray(arr)
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"image must be a PIL.Image or a numpy array, got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:
+        raise ValueError(f"image is empty ({image.width}x{image.height})")
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(image.convert("F") if mode.startswith("I;16") else image, dtype=np.float64)
+        return Image.fromarray(_to_uint8(arr)).convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB") if mode != "RGB" else image
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    arr = np.nan_to_num(arr)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.round((arr - lo) / (hi - lo) * 255.0).astype(np.uint8)
+
+
+def fit_image(image, max_pixels: int) -> tuple[object, list[str]]:
+    """Downscale above ``max_pixels`` / upscale below :data:`MIN_IMAGE_SIDE` (aspect kept); notes say so."""
+    from PIL import Image
+
+    w, h = image.size
+    if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
+        raise ValueError(f"image aspect ratio {max(w, h) / min(w, h):.0f}:1 exceeds {MAX_ASPECT_RATIO:.0f}:1")
+    notes = []
+    if w * h > max_pixels:
+        scale = math.sqrt(max_pixels / (w * h))
+        size = (max(1, math.floor(w * scale)), max(1, math.floor(h * scale)))
+        image = image.resize(size, Image.BICUBIC)
+        notes.append(f"image downscaled from {w}x{h} to {size[0]}x{size[1]} (family maximum {max_pixels} pixels)")
+    elif min(w, h) < MIN_IMAGE_SIDE:
+        scale = MIN_IMAGE_SIDE / min(w, h)
+        size = (max(MIN_IMAGE_SIDE, round(w * scale)), max(MIN_IMAGE_SIDE, round(h * scale)))
+        image = image.resize(size, Image.NEAREST)
+        notes.append(f"image upscaled from {w}x{h} to {size[0]}x{size[1]} (shorter side below {MIN_IMAGE_SIDE} px)")
+    return image, notes
+
+
+def _check_prompt(prompt) -> str:
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError("prompt is empty")
+    return prompt.strip()
+
+
+def _check_methods(methods) -> tuple[str, ...]:
+    from d2pruner.methods import METHODS
+
+    if isinstance(methods, str):
+        methods = (methods,)
+    methods = tuple(methods)
+    if not methods:
+        raise ValueError("methods is empty; choose from " + ", ".join(sorted(METHODS)))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(sorted(METHODS))}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"methods must not repeat: {list(methods)}")
+    return methods
+
+
+def _method_params(methods: Sequence[str], params: dict) -> dict[str, dict]:
+    """Route ``**method_params`` to every requested method that has a field of that name."""
+    from d2pruner.methods import METHODS
+
+    routed: dict[str, dict] = {m: {} for m in methods}
+    for key, value in params.items():
+        takers = [m for m in methods if key in {f.name for f in dataclasses.fields(METHODS[m])}]
+        if not takers:
+            raise ValueError(f"no requested method has a parameter {key!r} (methods: {list(methods)})")
+        for m in takers:
+            routed[m][key] = value
+    return routed
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading.
+
+
+def _default_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load(
+    name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None, *, attn_implementation="sdpa"
+) -> Analyzer:
+    """Load a model and its preprocessing once; return an :class:`Analyzer`.
+
+    Arguments:
+        name: ``tiny-llava`` / ``tiny-llava-next`` / ``tiny-qwen2.5-vl`` / ``tiny-internvl`` (offline, random
+            weights), or a hub id / local path of a transformers-native checkpoint of a supported family
+            (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, InternVL "-hf"). Never uses remote code.
+        device: default CUDA when available, else CPU.
+        dtype: default float32 on CPU and the checkpoint's dtype (``"auto"``) otherwise.
+        attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("model name must be a non-empty string")
+    if attn_implementation not in ("sdpa", "eager"):
+        raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}")
+    device = _default_device(device)
+    notes: list[str] = []
+    if name in TINY_NAMES:
+        tiny = build_tiny(name, attn_implementation=attn_implementation)
+        model, processor = tiny.model, tiny.processor
+        model = model.to(device=device, dtype=dtype or torch.float32)
+        notes.append("tiny model with random weights: answers are meaningless, the mechanics are real")
+    elif name.startswith("tiny-"):
+        raise ValueError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_NAMES)}")
+    else:
+        model, processor, more = _from_pretrained(name, device, dtype, attn_implementation)
+        notes.extend(more)
+    return Analyzer(model, processor, name=name, notes=notes)
+
+
+def _from_pretrained(name: str, device: torch.device, dtype, attn_implementation: str):
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except ValueError as err:  # e.g. a remote-code-only checkpoint
+        supported = ", ".join(a.model_class for a in FAMILIES.values())
+        raise ValueError(
+            f"cannot load {name!r} without remote code ({err}); supported transformers-native families: {supported}"
+        ) from err
+    adapter = adapter_for_model_type(config.model_type)
+    cls = getattr(transformers, adapter.model_class)
+    model = cls.from_pretrained(
+        name,
+        config=config,
+        dtype=dtype if dtype is not None else (torch.float32 if device.type == "cpu" else "auto"),
+        attn_implementation=attn_implementation,
+        trust_remote_code=False,
+    )
+    model = model.to(device).eval()
+    notes = []
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(name, trust_remote_code=False)
+    except (ImportError, OSError, ValueError, TypeError) as err:
+        if adapter.name not in ("qwen2_5_vl", "internvl"):
+            raise
+        processor = ProcessorParts(
+            tokenizer=transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=False),
+            image_processor=transformers.AutoImageProcessor.from_pretrained(name, trust_remote_code=False),
+        )
+        notes.append(f"full processor unavailable ({type(err).__name__}); image processor + tokenizer used")
+    return model, processor, notes
+
+
+# ----------------------------------------------------------------------------------------------------
+# The analyzer.
+
+
+class Analyzer:
+    """A loaded model + preprocessing; :meth:`analyze` runs one request.
+
+    Arguments:
+        model: a supported ``*ForConditionalGeneration`` (eval mode).
+        processor: its transformers processor, or :class:`~d2pruner.adapters.ProcessorParts`.
+        name: a display name.
+    """
+
+    def __init__(self, model, processor, *, name: str = "", notes: Sequence[str] = ()):
+        self.model = model.eval()
+        self.processor = processor
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.adapter: FamilyAdapter = adapter_for(model)
+        self.notes = list(notes)
+
+    @property
+    def family(self) -> str:
+        return self.adapter.name
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.adapter.language_model(self.model).layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def analyze(
+        self,
+        image,
+        prompt: str,
+        *,
+        methods: Sequence[str] | str = ("fastv", "dart", "d2pruner"),
+        keep_ratio: float = 0.25,
+        layer: int = 2,
+        grounding: bool = False,
+        max_new_tokens: int = 32,
+        prior: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        **method_params,
+    ) -> AnalysisResult:
+        """Run the vanilla model and every method on one (image, prompt).
+
+        Arguments:
+            image: a PIL image of any mode, or an HxW[xC] array.
+            prompt: the question; with ``grounding=True`` the referring expression (the family's grounding
+                template is applied and boxes are parsed).
+            methods: names from ``d2pruner.METHODS``.
+            keep_ratio: fraction of the N candidate visual tokens kept, in (0, 1]; n = max(1, round(r · N)).
+            layer: K, the decoder layer from which tokens are pruned, 1 ≤ K < num_layers.
+            max_new_tokens: greedy decoding length (≥ 1).
+            prior: a 2-D prior (resized to every grid) or one per grid; default uniform (noted).
+            **method_params: hyperparameters, given to every requested method that has them
+                (e.g. ``alpha=1.0`` for ``d2pruner``); also α / θ of the displayed graph.
+
+        Raises:
+            ValueError: bad image, empty prompt, keep_ratio outside (0, 1], layer outside [1, num_layers),
+                unknown methods or parameters.
+        """
+        from d2pruner.grounding import grounding_prompt, parse_box
+        from d2pruner.layout import layout_from_processor
+        from d2pruner.methods import select
+
+        # ---- validate everything before any compute
+        prompt = _check_prompt(prompt)
+        methods = _check_methods(methods)
+        routed = _method_params(methods, method_params)
+        num_layers = self.num_layers
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 1 <= layer < num_layers:
+            raise ValueError(f"layer must be an integer in [1, {num_layers}), got {layer!r}")
+        layer = int(layer)
+        keep_count(keep_ratio, 1)  # range check now; n needs N
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        rgb = to_rgb(image)
+        original_size = rgb.size
+        processed, notes = fit_image(rgb, self.adapter.max_image_pixels)
+        notes = [*self.notes, *notes]
+        question = grounding_prompt(self.family, prompt) if grounding else prompt
+
+        model, adapter = self.model, self.adapter
+        inputs = adapter.build_inputs(model, self.processor, processed, question)
+        inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        tokens = adapter.visual_tokens(model, inputs)
+        layout = layout_from_processor(self.family, processed.size, self.processor, **adapter.layout_overrides(model))
+        self._check_layout(layout, tokens)
+        num = tokens.num_candidates
+        n = keep_count(keep_ratio, num)
+        if tokens.protected.numel():
+            notes.append(
+                f"{tokens.protected.numel()} newline tokens are not candidates and are always kept; "
+                f"n counts the {num} grid tokens"
+            )
+
+        # ---- shared: vision tower once, one vanilla run capturing what the methods select from
+        text_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        gen_kwargs = dict(max_new_tokens=int(max_new_tokens), do_sample=False, prefill_chunk_size=None)
+        tokenizer = adapter.tokenizer(self.processor)
+        if getattr(tokenizer, "pad_token_id", None) is not None:
+            gen_kwargs["pad_token_id"] = tokenizer.pad_token_id
+        with torch.inference_mode():
+            start = time.perf_counter()
+            encoded = adapter.encode_image(model, inputs)
+            _sync(self.device)
+            vision_seconds = time.perf_counter() - start
+            with prune(model, tokens, layer=layer) as observed:
+                vanilla_ids = model.generate(**text_inputs, mm_encoder_outputs=encoded, **gen_kwargs)
+        vanilla_answer = self._decode(vanilla_ids, tokens.seq_len)
+        hidden, attention, keys = observed.hidden, observed.attention, observed.keys
+        grid_shapes = tokens.grid_shapes
+        grid_arg = grid_shapes[0] if len(grid_shapes) == 1 else grid_shapes
+
+        # ---- prior (uniform until calibrated priors exist) and relative attention
+        if prior is None:
+            priors = [torch.ones(r, c) for r, c in grid_shapes]
+            prior_source = "uniform"
+            notes.append("no calibrated prior for this model yet: a uniform prior is used (relative = raw attention)")
+        else:
+            given = [prior] if isinstance(prior, torch.Tensor) else list(prior)
+            if len(given) == 1:
+                given = given * len(grid_shapes)
+            if len(given) != len(grid_shapes) or any(not isinstance(p, torch.Tensor) or p.ndim != 2 for p in given):
+                raise ValueError(f"prior must be one 2-D tensor or one per grid ({len(grid_shapes)} grids)")
+            priors = [p.float() for p in given]
+            prior_source = "given"
+        from d2pruner.methods import relative_attention
+        from d2pruner.priors import resize_prior
+
+        relative = relative_attention(attention.cpu(), priors, grid_shapes)
+        prior_grids = [resize_prior(p, shape).numpy() for p, shape in zip(priors, grid_shapes, strict=True)]
+
+        # ---- graph for display (D²Pruner's α, θ unless overridden)
+        graph_params = self._graph_params(routed)
+        try:
+            from d2pruner.graph import hybrid_graph
+
+            graph = hybrid_graph(hidden.cpu(), grid_arg, alpha=graph_params["alpha"], theta=graph_params["theta"])
+            edges, kinds = graph.edges.numpy(), graph.edge_kinds
+        except ImportError:  # pragma: no cover - graph module always present in the package
+            edges, kinds = np.zeros((0, 2), dtype=np.int64), []
+
+        def box_of(answer: str):
+            return self._box(parse_box, answer, layout, processed.size, original_size) if grounding else None
+
+        # ---- per method: select once, generate with the kept indices
+        results: dict[str, MethodResult] = {}
+        for method in methods:
+            params = routed[method]
+            start = time.perf_counter()
+            kept = select(
+                method, n=n, hidden=hidden, attention=attention, grid=grid_arg,
+                prior=priors, keys=keys, **params,
+            )
+            select_seconds = time.perf_counter() - start
+            with torch.inference_mode(), prune(model, tokens, layer=layer, keep=kept.cpu()) as state:
+                ids = model.generate(**text_inputs, mm_encoder_outputs=encoded, **gen_kwargs)
+            answer = self._decode(ids, tokens.seq_len)
+            results[method] = MethodResult(
+                method=method,
+                kept=state.kept.numpy(),
+                num_kept=int(state.num_kept),
+                answer=answer,
+                box=box_of(answer),
+                prefill_seconds=float(state.prefill_seconds),
+                select_seconds=select_seconds,
+                params=params,
+            )
+
+        grid_pairs = zip(layout.grids, tokens.grids, strict=True)
+        candidate_tokens = np.asarray(layout.grid_tokens, dtype=np.int64)
+        regions = _rescale(layout.regions[candidate_tokens], processed.size, original_size)
+        splits = [g.offset for g in tokens.grids[1:]]
+        att_np = attention.cpu().numpy().astype(np.float32)
+        rel_np = relative.numpy().astype(np.float32)
+        return AnalysisResult(
+            model=self.name,
+            family=self.family,
+            prompt=prompt,
+            question=question,
+            image_size=original_size,
+            processed_size=processed.size,
+            layer=layer,
+            keep_ratio=float(keep_ratio),
+            num_candidates=num,
+            n=n,
+            grids=[GridView(lg.name, g.rows, g.cols, g.offset) for lg, g in grid_pairs],
+            regions=regions,
+            layout=layout,
+            candidate_tokens=candidate_tokens,
+            attention=[a.reshape(s) for a, s in zip(np.split(att_np, splits), grid_shapes, strict=True)],
+            prior=[p.astype(np.float32) for p in prior_grids],
+            relative_attention=[a.reshape(s) for a, s in zip(np.split(rel_np, splits), grid_shapes, strict=True)],
+            attention_flat=att_np,
+            relative_flat=rel_np,
+            prior_source=prior_source,
+            graph_edges=edges,
+            graph_edge_kinds=kinds,
+            graph_params=graph_params,
+            vanilla_answer=vanilla_answer,
+            vanilla_box=box_of(vanilla_answer),
+            vanilla_prefill_seconds=float(observed.prefill_seconds),
+            vision_seconds=vision_seconds,
+            methods=results,
+            notes=notes,
+        )
+
+    # ---- helpers
+    def _decode(self, ids: torch.Tensor, prompt_len: int) -> str:
+        tokenizer = self.adapter.tokenizer(self.processor)
+        return tokenizer.decode(ids[0, prompt_len:].tolist(), skip_special_tokens=True).strip()
+
+    def _check_layout(self, layout, tokens) -> None:
+        grids = [(g.rows, g.cols) for g in layout.grids]
+        expected = tokens.num_candidates + int(tokens.protected.numel())
+        if grids != tokens.grid_shapes or layout.num_tokens != expected:
+            raise RuntimeError(
+                f"layout {grids} ({layout.num_tokens} tokens) disagrees with the model's image tokens "
+                f"{tokens.grid_shapes} ({expected}); please report this image size {layout.image_size}"
+            )
+
+    @staticmethod
+    def _graph_params(routed: dict[str, dict]) -> dict:
+        from d2pruner.methods import METHODS
+
+        defaults = {f.name: f.default for f in dataclasses.fields(METHODS["d2pruner"])}
+        chosen = routed.get("d2pruner", {})
+        return {name: float(chosen.get(name, defaults[name])) for name in ("alpha", "theta")}
+
+    @staticmethod
+    def _box(parse_box, answer, layout, processed_size, original_size):
+        box = parse_box(answer, layout)
+        if box is None:
+            return None
+        scaled = _rescale(np.asarray(box, dtype=np.float64)[None], processed_size, original_size)[0]
+        return tuple(float(v) for v in scaled)
+
+
+def _rescale(boxes: np.ndarray, processed_size, original_size) -> np.ndarray:
+    """Boxes [M, 4] from processed-image pixels to original-image pixels."""
+    sx = original_size[0] / processed_size[0]
+    sy = original_size[1] / processed_size[1]
+    return np.asarray(boxes, dtype=np.float64) * np.array([sx, sy, sx, sy])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,55 @@
+"""Shared fixtures: every tiny model is built once per session (per attention implementation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FAMILY_NAMES = ("tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-internvl")
+
+
+class _TinyCache:
+    def __init__(self):
+        self._models = {}
+
+    def get(self, name: str, attn: str = "sdpa"):
+        from d2pruner.tiny import build_tiny
+
+        key = (name, attn)
+        if key not in self._models:
+            self._models[key] = build_tiny(name, attn_implementation=attn)
+        return self._models[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> _TinyCache:
+    """``tiny_models.get(name, attn)`` → a :class:`d2pruner.tiny.TinyModel`, built once per session."""
+    return _TinyCache()
+
+
+@pytest.fixture(scope="session")
+def test_image() -> Image.Image:
+    """A deterministic 112×168 RGB image (Qwen2.5-VL: image_grid_thw [1, 8, 12] → 4×6 tokens)."""
+    rng = np.random.RandomState(0)
+    arr = (rng.rand(112, 168, 3) * 255).astype("uint8")
+    arr[20:60, 30:90] = (250, 30, 30)  # some structure
+    return Image.fromarray(arr)
+
+
+class _AnalyzerCache:
+    def __init__(self):
+        self._analyzers = {}
+
+    def get(self, name: str):
+        from d2pruner.analyzer import load
+
+        if name not in self._analyzers:
+            self._analyzers[name] = load(name)
+        return self._analyzers[name]
+
+
+@pytest.fixture(scope="session")
+def tiny_analyzers() -> _AnalyzerCache:
+    """``tiny_analyzers.get(name)`` → an :class:`d2pruner.analyzer.Analyzer`, loaded once per session."""
+    return _AnalyzerCache()
