@@ -1,7 +1,8 @@
 """The analysis API the app calls: load a model once, then analyze (image, prompt) with several methods.
 
 ``load(name)`` → :class:`Analyzer`; ``analyzer.analyze(image, prompt, methods=..., keep_ratio=..., layer=...)``
-→ :class:`AnalysisResult`.
+→ :class:`AnalysisResult`; ``analyzer.observe(image, prompt, layer=K)`` → :class:`Observation` (attention
+only, early exit); ``analyzer.get_prior(K)`` → the model's positional-bias prior (calibrated on first use).
 
 What one request computes, and what is shared:
 
@@ -26,15 +27,43 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from d2pruner.adapters import FAMILIES, FamilyAdapter, ProcessorParts, adapter_for, adapter_for_model_type, prune
+from d2pruner.adapters import (
+    FAMILIES,
+    FamilyAdapter,
+    ProcessorParts,
+    VisualTokens,
+    adapter_for,
+    adapter_for_model_type,
+    capture,
+    prune,
+)
+from d2pruner.priors import Prior
 from d2pruner.tiny import TINY_NAMES, build_tiny
+
+#: ``progress(done, total, message)``
+Progress = Callable[[int, int, str], None]
+#: what ``analyze(prior=...)`` accepts
+PriorArg = str | Prior | torch.Tensor | Sequence[torch.Tensor] | None
+#: the repository's bundled priors (writable in a checkout; read-only on a Space)
+BUNDLED_PRIORS = Path(__file__).resolve().parents[1] / "priors"
+
+
+def user_prior_dir() -> Path:
+    """Where priors are cached when the bundled folder is read-only: ``$D2PRUNER_CACHE`` or
+    ``$XDG_CACHE_HOME/d2pruner/priors`` (default ``~/.cache/d2pruner/priors``)."""
+    if os.environ.get("D2PRUNER_CACHE"):
+        return Path(os.environ["D2PRUNER_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "d2pruner" / "priors"
+
 
 #: images whose shorter side is below this are upscaled (every family's processor needs a few patches)
 MIN_IMAGE_SIDE = 28
@@ -104,11 +133,12 @@ class AnalysisResult:
         attention / prior / relative_attention: one [rows, cols] float32 array per grid — raw layer-(K−1)
             attention of the last prompt token, the prior used (resized to the grid), and their ratio.
         attention_flat / relative_flat: the same as [N] vectors.
-        prior_source: where the prior came from (``"uniform"`` when none was given).
+        prior_source: which prior was used (a calibrated prior's description, ``"uniform"`` or ``"given"``).
         graph_edges: [E, 2] int64 edges (i < j, indices into the N candidates) of D²Pruner's hybrid graph;
             ``graph_edge_kinds`` [E] ``"spatial"`` / ``"semantic"``; ``graph_params`` α, θ used.
         vanilla_answer, vanilla_box, vanilla_prefill_seconds: the unpruned run.
         vision_seconds: the shared vision tower + projector.
+        prompt_tokens: the prompt's length L in tokens (visual tokens included).
         methods: method name → :class:`MethodResult`, in request order.
         notes: human-readable remarks (normalisations, missing prior, …).
     """
@@ -140,8 +170,87 @@ class AnalysisResult:
     vanilla_box: tuple[float, float, float, float] | None
     vanilla_prefill_seconds: float
     vision_seconds: float
+    prompt_tokens: int = 0
     methods: dict[str, MethodResult] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Observation:
+    """Layer-(K−1) attention of one (image, prompt), computed with early exit (see :meth:`Analyzer.observe`).
+
+    Attributes:
+        layer: K.
+        grids: the token grids, in candidate order.
+        attention: one [rows, cols] float32 array per grid; ``attention_flat`` the same as [N].
+        hidden: [N, D] visual hidden states entering layer K; ``keys``: [N, Dk] layer-(K−1) keys or None.
+        regions, layout, image_size, processed_size, prompt_tokens, notes: as in :class:`AnalysisResult`.
+    """
+
+    layer: int
+    grids: list[GridView]
+    attention: list[np.ndarray]
+    attention_flat: np.ndarray
+    hidden: torch.Tensor
+    keys: torch.Tensor | None
+    regions: np.ndarray
+    layout: object
+    image_size: tuple[int, int]
+    processed_size: tuple[int, int]
+    prompt_tokens: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Request:
+    """One prepared (image, prompt): the model inputs, where the visual tokens are, and the geometry."""
+
+    prompt: str
+    question: str
+    inputs: dict
+    tokens: VisualTokens
+    layout: object
+    processed_size: tuple[int, int]
+    original_size: tuple[int, int]
+    notes: list[str]
+
+    @property
+    def grids(self) -> list[GridView]:
+        return [
+            GridView(lg.name, g.rows, g.cols, g.offset)
+            for lg, g in zip(self.layout.grids, self.tokens.grids, strict=True)
+        ]
+
+    @property
+    def candidate_tokens(self) -> np.ndarray:
+        return np.asarray(self.layout.grid_tokens, dtype=np.int64)
+
+    @property
+    def regions(self) -> np.ndarray:
+        return _rescale(self.layout.regions[self.candidate_tokens], self.processed_size, self.original_size)
+
+    @property
+    def tile_arrangement(self) -> tuple[int, int]:
+        """(rows, cols) of InternVL's tiles in the image plane; (1, 1) otherwise."""
+        tiles = getattr(self.layout, "tiles", ())
+        if self.layout.family != "internvl" or not tiles:
+            return (1, 1)
+        return (len({round(t[1], 3) for t in tiles}), len({round(t[0], 3) for t in tiles}))
+
+    def per_grid(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Split an [N] vector into one [rows, cols] array per grid."""
+        splits = [g.offset for g in self.tokens.grids[1:]]
+        return [a.reshape(s) for a, s in zip(np.split(flat, splits), self.tokens.grid_shapes, strict=True)]
+
+    def box(self, answer: str) -> tuple[float, float, float, float] | None:
+        """The answer's grounding box in original-image pixels, or None."""
+        from d2pruner.grounding import parse_box
+
+        box = parse_box(answer, self.layout)
+        if box is None:
+            return None
+        scaled = _rescale(np.asarray(box, dtype=np.float64)[None], self.processed_size, self.original_size)[0]
+        return tuple(float(v) for v in scaled)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -344,15 +453,31 @@ class Analyzer:
     Arguments:
         model: a supported ``*ForConditionalGeneration`` (eval mode).
         processor: its transformers processor, or :class:`~d2pruner.adapters.ProcessorParts`.
-        name: a display name.
+        name: a display name; also the model id of its prior files.
+        notes: remarks copied into every result (e.g. "tiny random model").
+        prior_dirs: where priors are looked up, in order, and saved (the first writable one); default the
+            repository's ``priors/`` folder, then :func:`user_prior_dir`.
     """
 
-    def __init__(self, model, processor, *, name: str = "", notes: Sequence[str] = ()):
+    def __init__(
+        self,
+        model,
+        processor,
+        *,
+        name: str = "",
+        notes: Sequence[str] = (),
+        prior_dirs: Sequence[str | os.PathLike[str]] | None = None,
+    ):
         self.model = model.eval()
         self.processor = processor
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.adapter: FamilyAdapter = adapter_for(model)
         self.notes = list(notes)
+        #: where priors are looked up, then saved (first writable): the bundled folder, then the user cache
+        self.prior_dirs = (
+            [Path(d) for d in prior_dirs] if prior_dirs is not None else [BUNDLED_PRIORS, user_prior_dir()]
+        )
+        self._priors: dict[tuple[int, str], Prior] = {}
 
     @property
     def family(self) -> str:
@@ -376,7 +501,8 @@ class Analyzer:
         layer: int = 2,
         grounding: bool = False,
         max_new_tokens: int = 32,
-        prior: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        prior: PriorArg = "auto",
+        progress: Progress | None = None,
         **method_params,
     ) -> AnalysisResult:
         """Run the vanilla model and every method on one (image, prompt).
@@ -389,60 +515,38 @@ class Analyzer:
             keep_ratio: fraction of the N candidate visual tokens kept, in (0, 1]; n = max(1, round(r · N)).
             layer: K, the decoder layer from which tokens are pruned, 1 ≤ K < num_layers.
             max_new_tokens: greedy decoding length (≥ 1).
-            prior: a 2-D prior (resized to every grid) or one per grid; default uniform (noted).
+            prior: ``"auto"`` (the calibrated natural prior of this model and layer, calibrated from the
+                bundled images on first use and cached), ``"content-free"``, ``"uniform"`` (or None), a
+                :class:`~d2pruner.priors.Prior`, or a 2-D tensor (resized to every grid) / one per grid.
+            progress: ``progress(done, total, message)``, called while a prior is being calibrated.
             **method_params: hyperparameters, given to every requested method that has them
                 (e.g. ``alpha=1.0`` for ``d2pruner``); also α / θ of the displayed graph.
 
         Raises:
             ValueError: bad image, empty prompt, keep_ratio outside (0, 1], layer outside [1, num_layers),
-                unknown methods or parameters.
+                unknown methods or parameters, a malformed prior.
         """
-        from d2pruner.grounding import grounding_prompt, parse_box
-        from d2pruner.layout import layout_from_processor
-        from d2pruner.methods import select
+        from d2pruner.graph import hybrid_graph
+        from d2pruner.methods import relative_attention, select
 
-        # ---- validate everything before any compute
-        prompt = _check_prompt(prompt)
         methods = _check_methods(methods)
         routed = _method_params(methods, method_params)
-        num_layers = self.num_layers
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 1 <= layer < num_layers:
-            raise ValueError(f"layer must be an integer in [1, {num_layers}), got {layer!r}")
-        layer = int(layer)
+        layer = self._check_layer(layer)
         keep_count(keep_ratio, 1)  # range check now; n needs N
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        rgb = to_rgb(image)
-        original_size = rgb.size
-        processed, notes = fit_image(rgb, self.adapter.max_image_pixels)
-        notes = [*self.notes, *notes]
-        question = grounding_prompt(self.family, prompt) if grounding else prompt
-
-        model, adapter = self.model, self.adapter
-        inputs = adapter.build_inputs(model, self.processor, processed, question)
-        inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
-        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        tokens = adapter.visual_tokens(model, inputs)
-        layout = layout_from_processor(self.family, processed.size, self.processor, **adapter.layout_overrides(model))
-        self._check_layout(layout, tokens)
+        request = self._prepare(image, prompt, grounding=grounding)
+        model, tokens, notes = self.model, request.tokens, request.notes
         num = tokens.num_candidates
         n = keep_count(keep_ratio, num)
-        if tokens.protected.numel():
-            notes.append(
-                f"{tokens.protected.numel()} newline tokens are not candidates and are always kept; "
-                f"n counts the {num} grid tokens"
-            )
+        priors, prior_source = self._prior_maps(prior, layer, request, progress, notes)
 
         # ---- shared: vision tower once, one vanilla run capturing what the methods select from
-        text_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
-        gen_kwargs = dict(max_new_tokens=int(max_new_tokens), do_sample=False, prefill_chunk_size=None)
-        tokenizer = adapter.tokenizer(self.processor)
-        if getattr(tokenizer, "pad_token_id", None) is not None:
-            gen_kwargs["pad_token_id"] = tokenizer.pad_token_id
+        text_inputs = {k: v for k, v in request.inputs.items() if k != "pixel_values"}
+        gen_kwargs = self._generation_kwargs(max_new_tokens)
         with torch.inference_mode():
             start = time.perf_counter()
-            encoded = adapter.encode_image(model, inputs)
+            encoded = self.adapter.encode_image(model, request.inputs)
             _sync(self.device)
             vision_seconds = time.perf_counter() - start
             with prune(model, tokens, layer=layer) as observed:
@@ -451,38 +555,11 @@ class Analyzer:
         hidden, attention, keys = observed.hidden, observed.attention, observed.keys
         grid_shapes = tokens.grid_shapes
         grid_arg = grid_shapes[0] if len(grid_shapes) == 1 else grid_shapes
-
-        # ---- prior (uniform until calibrated priors exist) and relative attention
-        if prior is None:
-            priors = [torch.ones(r, c) for r, c in grid_shapes]
-            prior_source = "uniform"
-            notes.append("no calibrated prior for this model yet: a uniform prior is used (relative = raw attention)")
-        else:
-            given = [prior] if isinstance(prior, torch.Tensor) else list(prior)
-            if len(given) == 1:
-                given = given * len(grid_shapes)
-            if len(given) != len(grid_shapes) or any(not isinstance(p, torch.Tensor) or p.ndim != 2 for p in given):
-                raise ValueError(f"prior must be one 2-D tensor or one per grid ({len(grid_shapes)} grids)")
-            priors = [p.float() for p in given]
-            prior_source = "given"
-        from d2pruner.methods import relative_attention
-        from d2pruner.priors import resize_prior
-
         relative = relative_attention(attention.cpu(), priors, grid_shapes)
-        prior_grids = [resize_prior(p, shape).numpy() for p, shape in zip(priors, grid_shapes, strict=True)]
 
         # ---- graph for display (D²Pruner's α, θ unless overridden)
         graph_params = self._graph_params(routed)
-        try:
-            from d2pruner.graph import hybrid_graph
-
-            graph = hybrid_graph(hidden.cpu(), grid_arg, alpha=graph_params["alpha"], theta=graph_params["theta"])
-            edges, kinds = graph.edges.numpy(), graph.edge_kinds
-        except ImportError:  # pragma: no cover - graph module always present in the package
-            edges, kinds = np.zeros((0, 2), dtype=np.int64), []
-
-        def box_of(answer: str):
-            return self._box(parse_box, answer, layout, processed.size, original_size) if grounding else None
+        graph = hybrid_graph(hidden.cpu(), grid_arg, alpha=graph_params["alpha"], theta=graph_params["theta"])
 
         # ---- per method: select once, generate with the kept indices
         results: dict[str, MethodResult] = {}
@@ -490,8 +567,7 @@ class Analyzer:
             params = routed[method]
             start = time.perf_counter()
             kept = select(
-                method, n=n, hidden=hidden, attention=attention, grid=grid_arg,
-                prior=priors, keys=keys, **params,
+                method, n=n, hidden=hidden, attention=attention, grid=grid_arg, prior=priors, keys=keys, **params
             )
             select_seconds = time.perf_counter() - start
             with torch.inference_mode(), prune(model, tokens, layer=layer, keep=kept.cpu()) as state:
@@ -502,49 +578,177 @@ class Analyzer:
                 kept=state.kept.numpy(),
                 num_kept=int(state.num_kept),
                 answer=answer,
-                box=box_of(answer),
+                box=request.box(answer) if grounding else None,
                 prefill_seconds=float(state.prefill_seconds),
                 select_seconds=select_seconds,
                 params=params,
             )
 
-        grid_pairs = zip(layout.grids, tokens.grids, strict=True)
-        candidate_tokens = np.asarray(layout.grid_tokens, dtype=np.int64)
-        regions = _rescale(layout.regions[candidate_tokens], processed.size, original_size)
-        splits = [g.offset for g in tokens.grids[1:]]
         att_np = attention.cpu().numpy().astype(np.float32)
         rel_np = relative.numpy().astype(np.float32)
         return AnalysisResult(
             model=self.name,
             family=self.family,
-            prompt=prompt,
-            question=question,
-            image_size=original_size,
-            processed_size=processed.size,
+            prompt=request.prompt,
+            question=request.question,
+            image_size=request.original_size,
+            processed_size=request.processed_size,
             layer=layer,
             keep_ratio=float(keep_ratio),
             num_candidates=num,
             n=n,
-            grids=[GridView(lg.name, g.rows, g.cols, g.offset) for lg, g in grid_pairs],
-            regions=regions,
-            layout=layout,
-            candidate_tokens=candidate_tokens,
-            attention=[a.reshape(s) for a, s in zip(np.split(att_np, splits), grid_shapes, strict=True)],
-            prior=[p.astype(np.float32) for p in prior_grids],
-            relative_attention=[a.reshape(s) for a, s in zip(np.split(rel_np, splits), grid_shapes, strict=True)],
+            grids=request.grids,
+            regions=request.regions,
+            layout=request.layout,
+            candidate_tokens=request.candidate_tokens,
+            attention=request.per_grid(att_np),
+            prior=[p.numpy().astype(np.float32) for p in priors],
+            relative_attention=request.per_grid(rel_np),
             attention_flat=att_np,
             relative_flat=rel_np,
             prior_source=prior_source,
-            graph_edges=edges,
-            graph_edge_kinds=kinds,
+            graph_edges=graph.edges.numpy(),
+            graph_edge_kinds=graph.edge_kinds,
             graph_params=graph_params,
             vanilla_answer=vanilla_answer,
-            vanilla_box=box_of(vanilla_answer),
+            vanilla_box=request.box(vanilla_answer) if grounding else None,
             vanilla_prefill_seconds=float(observed.prefill_seconds),
             vision_seconds=vision_seconds,
+            prompt_tokens=tokens.seq_len,
             methods=results,
             notes=notes,
         )
+
+    def observe(self, image, prompt: str, *, layer: int = 2) -> Observation:
+        """The layer-(K−1) attention of one (image, prompt), with early exit: only the vision tower and the
+        first K decoder layers run, nothing is generated (used for calibration and the bias explorer)."""
+        return self._observe(self._prepare(image, prompt), self._check_layer(layer))
+
+    def _observe(self, request: _Request, layer: int) -> Observation:
+        state = capture(self.model, request.tokens, request.inputs, layer=layer)
+        attention = state.attention.cpu().numpy().astype(np.float32)
+        return Observation(
+            layer=layer,
+            grids=request.grids,
+            attention=request.per_grid(attention),
+            attention_flat=attention,
+            hidden=state.hidden.cpu(),
+            keys=None if state.keys is None else state.keys.cpu(),
+            regions=request.regions,
+            layout=request.layout,
+            image_size=request.original_size,
+            processed_size=request.processed_size,
+            prompt_tokens=request.tokens.seq_len,
+            notes=request.notes,
+        )
+
+    def get_prior(self, layer: int, kind: str = "natural", *, progress: Progress | None = None) -> Prior:
+        """This model's positional-bias prior at layer K: from ``prior_dirs`` if one was saved, else calibrated
+        now — from the bundled photographs (``kind="natural"``) or blank and noise images
+        (``"content-free"``) — and saved to the first writable directory of ``prior_dirs``."""
+        from d2pruner.calibration import calibrate_bundled
+        from d2pruner.priors import KINDS, PriorFileError, load_prior, prior_filename, save_prior
+
+        layer = self._check_layer(layer)
+        if kind not in KINDS:
+            raise ValueError(f"prior kind must be one of {KINDS}; got {kind!r}")
+        if (layer, kind) in self._priors:
+            return self._priors[(layer, kind)]
+        filename = prior_filename(self.name, layer, kind)
+        for folder in self.prior_dirs:
+            path = Path(folder) / filename
+            if path.is_file():
+                try:
+                    self._priors[(layer, kind)] = load_prior(path, model_id=self.name, layer=layer)
+                    return self._priors[(layer, kind)]
+                except PriorFileError as error:
+                    self.notes.append(f"ignored an unusable prior file: {error}")
+        prior = calibrate_bundled(self, layer=layer, kind=kind, progress=progress)
+        for folder in self.prior_dirs:
+            try:
+                save_prior(prior, Path(folder) / filename)
+                break
+            except OSError:
+                continue
+        self._priors[(layer, kind)] = prior
+        return prior
+
+    # ---- request preparation (shared by analyze and observe)
+    def _prepare(self, image, prompt: str, *, grounding: bool = False) -> _Request:
+        from d2pruner.grounding import grounding_prompt
+        from d2pruner.layout import layout_from_processor
+
+        prompt = _check_prompt(prompt)
+        rgb = to_rgb(image)
+        processed, notes = fit_image(rgb, self.adapter.max_image_pixels)
+        question = grounding_prompt(self.family, prompt) if grounding else prompt
+        model, adapter = self.model, self.adapter
+        inputs = adapter.build_inputs(model, self.processor, processed, question)
+        inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()}
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        tokens = adapter.visual_tokens(model, inputs)
+        layout = layout_from_processor(self.family, processed.size, self.processor, **adapter.layout_overrides(model))
+        self._check_layout(layout, tokens)
+        if tokens.protected.numel():
+            notes.append(
+                f"{tokens.protected.numel()} newline tokens are not candidates and are always kept; "
+                f"n counts the {tokens.num_candidates} grid tokens"
+            )
+        return _Request(
+            prompt=prompt,
+            question=question,
+            inputs=inputs,
+            tokens=tokens,
+            layout=layout,
+            processed_size=processed.size,
+            original_size=rgb.size,
+            notes=[*self.notes, *notes],
+        )
+
+    def _prior_maps(
+        self, prior: PriorArg, layer: int, request: _Request, progress: Progress | None, notes: list[str]
+    ) -> tuple[list[torch.Tensor], str]:
+        """One prior map per grid, exactly grid-shaped, and a description of where it came from."""
+        from d2pruner.priors import Prior, fit_prior, resize_prior
+
+        shapes = request.tokens.grid_shapes
+        if prior is None or (isinstance(prior, str) and prior == "uniform"):
+            notes.append("uniform prior: relative attention = raw attention")
+            return [torch.ones(r, c) for r, c in shapes], "uniform"
+        if isinstance(prior, str):
+            kinds = {"auto": "natural", "natural": "natural", "content-free": "content-free"}
+            if prior not in kinds:
+                raise ValueError(f"prior must be 'auto', 'content-free', 'uniform', a Prior or tensors; got {prior!r}")
+            prior = self.get_prior(layer, kinds[prior], progress=progress)
+        if isinstance(prior, Prior):
+            if prior.layer != layer:
+                notes.append(f"the prior was calibrated at layer {prior.layer} but K = {layer}")
+            names = [(g.name, g.rows, g.cols) for g in request.grids]
+            return fit_prior(prior, self.family, names, request.tile_arrangement), prior.describe()
+        given = [prior] if isinstance(prior, torch.Tensor) else list(prior)
+        if len(given) == 1:
+            given = given * len(shapes)
+        if len(given) != len(shapes) or any(not isinstance(p, torch.Tensor) or p.ndim != 2 for p in given):
+            raise ValueError(f"prior must be one 2-D tensor or one per grid ({len(shapes)} grids)")
+        from d2pruner.priors import check_map
+
+        for p in given:
+            check_map(p)
+        return [resize_prior(p, shape) for p, shape in zip(given, shapes, strict=True)], "given"
+
+    def _check_layer(self, layer) -> int:
+        num_layers = self.num_layers
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 1 <= layer < num_layers:
+            raise ValueError(f"layer must be an integer in [1, {num_layers}), got {layer!r}")
+        return int(layer)
+
+    def _generation_kwargs(self, max_new_tokens: int) -> dict:
+        kwargs = dict(max_new_tokens=int(max_new_tokens), do_sample=False, prefill_chunk_size=None)
+        tokenizer = self.adapter.tokenizer(self.processor)
+        if getattr(tokenizer, "pad_token_id", None) is not None:
+            kwargs["pad_token_id"] = tokenizer.pad_token_id
+        return kwargs
 
     # ---- helpers
     def _decode(self, ids: torch.Tensor, prompt_len: int) -> str:
@@ -567,14 +771,6 @@ class Analyzer:
         defaults = {f.name: f.default for f in dataclasses.fields(METHODS["d2pruner"])}
         chosen = routed.get("d2pruner", {})
         return {name: float(chosen.get(name, defaults[name])) for name in ("alpha", "theta")}
-
-    @staticmethod
-    def _box(parse_box, answer, layout, processed_size, original_size):
-        box = parse_box(answer, layout)
-        if box is None:
-            return None
-        scaled = _rescale(np.asarray(box, dtype=np.float64)[None], processed_size, original_size)[0]
-        return tuple(float(v) for v in scaled)
 
 
 def _rescale(boxes: np.ndarray, processed_size, original_size) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -38,18 +40,32 @@ def test_image() -> Image.Image:
 
 
 class _AnalyzerCache:
-    def __init__(self):
+    def __init__(self, prior_dir):
         self._analyzers = {}
+        self._prior_dir = prior_dir
 
     def get(self, name: str):
         from d2pruner.analyzer import load
 
         if name not in self._analyzers:
-            self._analyzers[name] = load(name)
+            analyzer = load(name)
+            analyzer.prior_dirs = [self._prior_dir]  # never write into the repository's priors/
+            self._analyzers[name] = analyzer
         return self._analyzers[name]
 
 
 @pytest.fixture(scope="session")
-def tiny_analyzers() -> _AnalyzerCache:
+def session_priors(tmp_path_factory):
+    """A session copy of the bundled priors/ folder: tests read the shipped priors and write their own here."""
+    from d2pruner.analyzer import BUNDLED_PRIORS
+
+    folder = tmp_path_factory.mktemp("priors")
+    for path in BUNDLED_PRIORS.glob("*.safetensors"):
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_analyzers(session_priors) -> _AnalyzerCache:
     """``tiny_analyzers.get(name)`` → an :class:`d2pruner.analyzer.Analyzer`, loaded once per session."""
-    return _AnalyzerCache()
+    return _AnalyzerCache(session_priors)

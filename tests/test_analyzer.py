@@ -20,7 +20,9 @@ METHODS = ("fastv", "dart", "divprune", "mmr", "d2pruner", "d2pruner-di")
 @pytest.fixture(scope="module")
 def results(tiny_analyzers, test_image):
     return {
-        name: tiny_analyzers.get(name).analyze(test_image, "What is red?", methods=METHODS, max_new_tokens=3)
+        name: tiny_analyzers.get(name).analyze(
+            test_image, "What is red?", methods=METHODS, max_new_tokens=3, prior="uniform"
+        )
         for name in FAMILY_NAMES
     }
 
@@ -224,9 +226,12 @@ def test_real_from_pretrained_path(tiny_models, tiny_analyzers, tmp_path, test_i
         tm.processor.tokenizer.save_pretrained(tmp_path)
         tm.processor.image_processor.save_pretrained(tmp_path)
     loaded = load(str(tmp_path), device="cpu")
+    loaded.prior_dirs = [tmp_path / "priors"]
     assert type(loaded.model).__name__ == type(tm.model).__name__
-    a = loaded.analyze(test_image, "What?", methods=("fastv", "d2pruner"), max_new_tokens=3)
-    b = tiny_analyzers.get(name).analyze(test_image, "What?", methods=("fastv", "d2pruner"), max_new_tokens=3)
+    a = loaded.analyze(test_image, "What?", methods=("fastv", "d2pruner"), max_new_tokens=3, prior="uniform")
+    b = tiny_analyzers.get(name).analyze(
+        test_image, "What?", methods=("fastv", "d2pruner"), max_new_tokens=3, prior="uniform"
+    )
     assert a.vanilla_answer == b.vanilla_answer
     assert np.allclose(a.attention_flat, b.attention_flat, atol=1e-6)
     for m in a.methods:

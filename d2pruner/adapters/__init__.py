@@ -14,6 +14,7 @@ from d2pruner.adapters.base import (
     PruneInputs,
     PruneState,
     VisualTokens,
+    capture,
     prune,
 )
 from d2pruner.adapters.internvl import InternVLAdapter
@@ -51,5 +52,6 @@ __all__ = [
     "VisualTokens",
     "adapter_for",
     "adapter_for_model_type",
+    "capture",
     "prune",
 ]

@@ -400,6 +400,42 @@ def prune(
         state._plan = None
 
 
+class _EarlyExit(Exception):
+    """Raised by :func:`capture` once layer K's inputs are recorded; never escapes it."""
+
+
+def capture(model: torch.nn.Module, tokens: VisualTokens, inputs: dict, *, layer: int) -> PruneState:
+    """Run only what the selection needs — the vision tower and layers < K — and stop (early exit).
+
+    The state holds ``attention_row`` / ``attention`` (layer K−1), ``hidden`` (entering layer K) and ``keys``
+    exactly as in a full prefill under :func:`prune`; layers ≥ K, the final norm and the LM head never run.
+    Used for prior calibration and for looking at attention without generating.
+
+    Arguments:
+        model, tokens: as for :func:`prune`.
+        inputs: the model's forward inputs for the prompt (batch size 1).
+        layer: K.
+    """
+    from d2pruner.adapters import adapter_for
+
+    def stop(module, args, kwargs):
+        raise _EarlyExit
+
+    layers = adapter_for(model).language_model(model).layers
+    with prune(model, tokens, layer=layer) as state:
+        handle = layers[layer].register_forward_pre_hook(stop, with_kwargs=True)  # runs after prune's own hook
+        try:
+            with torch.inference_mode():
+                model(**inputs, use_cache=False)
+        except _EarlyExit:
+            pass
+        finally:
+            handle.remove()
+    if state.hidden is None:
+        raise RuntimeError("early exit: layer K was never reached (is the prompt's image in the inputs?)")
+    return state
+
+
 def _sync(model: torch.nn.Module) -> None:
     try:
         device = next(model.parameters()).device

@@ -1,10 +1,22 @@
-"""Positional-bias priors: the container, safetensors storage with JSON metadata, and resizing.
+"""Positional-bias priors: the container, safetensors storage with JSON metadata, and fitting to grids.
 
 A prior is the mean attention of the last prompt token to each visual token at layer K−1, averaged over
 many natural images with a generic prompt (D²Pruner §3.2). It is stored as one safetensors file per
-(model, layer, kind): one float32 2-D map per *grid role* of the model's visual layout (``"image"`` for
-LLaVA-1.5 and Qwen2.5-VL, ``"base"`` + ``"highres"`` for LLaVA-NeXT, ``"tiles"`` + ``"thumbnail"`` for
-InternVL), plus JSON metadata. Loading validates everything and never unpickles anything.
+(model, layer, kind): one float32 2-D map per *grid role* of the model's visual layout, plus JSON metadata.
+Loading validates everything and never unpickles anything.
+
+Grid roles (see :func:`grid_role`):
+
+* **fixed** roles always have the same shape — LLaVA-1.5 ``"image"`` (24×24), LLaVA-NeXT ``"base"``
+  (24×24), InternVL ``"thumbnail"`` (16×16). Their map is the plain mean of the per-image attention maps,
+  exactly the paper's definition.
+* **dynamic** roles change shape with the image — Qwen2.5-VL ``"image"`` (its grid follows the image),
+  LLaVA-NeXT ``"highres"`` (unpadded high-res grid), InternVL ``"tiles"`` (the tiles put together as the
+  mosaic they form in the image plane). Each image's map is resized bilinearly to a canonical grid with
+  its total mass kept (so it stays in attention units whatever the grid size), then averaged. At use the
+  canonical map is resized bilinearly to the image's grid, again keeping its total mass; InternVL's mosaic
+  is then cut back into tiles. Keeping mass (not per-token values) keeps the roles of one layout on one
+  scale, which matters because D²Pruner ranks the tokens of all grids together.
 """
 
 from __future__ import annotations
@@ -118,6 +130,77 @@ def resize_prior(prior: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized[0, 0]
 
 
+#: grid roles whose shape depends on the image, per family (all other roles have a fixed shape)
+DYNAMIC_ROLES = {
+    "qwen2_5_vl": frozenset({"image"}),
+    "llava_next": frozenset({"highres"}),
+    "internvl": frozenset({"tiles"}),
+}
+
+
+def grid_role(grid_name: str) -> str:
+    """The prior role of a layout grid: InternVL's ``tile0``, ``tile1``, … share the role ``"tiles"``."""
+    return "tiles" if grid_name.startswith("tile") else grid_name
+
+
+def is_dynamic(family: str, role: str) -> bool:
+    """Whether ``role`` changes shape with the image in ``family`` (see the module docstring)."""
+    return role in DYNAMIC_ROLES.get(family, frozenset())
+
+
+def resize_keeping_mass(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear :func:`resize_prior`, rescaled so that the total mass (sum) is unchanged."""
+    resized = resize_prior(values, size)
+    total = resized.sum()
+    return resized * (values.float().sum() / total) if total > 0 else resized
+
+
+def tile_mosaic(tiles: list[torch.Tensor], arrangement: tuple[int, int]) -> torch.Tensor:
+    """Put equally shaped tile maps (row-major) together as the mosaic they form: [rows·h, cols·w]."""
+    rows, cols = arrangement
+    if len(tiles) != rows * cols:
+        raise ValueError(f"{len(tiles)} tiles do not form a {rows}×{cols} arrangement")
+    return torch.cat([torch.cat(tiles[r * cols : (r + 1) * cols], dim=1) for r in range(rows)], dim=0)
+
+
+def cut_mosaic(mosaic: torch.Tensor, arrangement: tuple[int, int]) -> list[torch.Tensor]:
+    """Inverse of :func:`tile_mosaic`: the tiles of a [rows·h, cols·w] map, row-major."""
+    rows, cols = arrangement
+    h, w = mosaic.shape[0] // rows, mosaic.shape[1] // cols
+    return [mosaic[r * h : (r + 1) * h, c * w : (c + 1) * w] for r in range(rows) for c in range(cols)]
+
+
+def fit_prior(
+    prior: Prior, family: str, grids: list[tuple[str, int, int]], arrangement: tuple[int, int] = (1, 1)
+) -> list[torch.Tensor]:
+    """One prior map per layout grid, each exactly the grid's shape (see the module docstring).
+
+    Arguments:
+        prior: a calibrated prior of this family (its maps by role).
+        family: the layout family.
+        grids: ``(name, rows, cols)`` of each grid, in candidate order.
+        arrangement: InternVL's tile arrangement (rows, cols) of the ``tile*`` grids.
+    Returns:
+        [rows, cols] float32 maps, one per grid.
+    """
+    tile_grids = [(name, r, c) for name, r, c in grids if grid_role(name) == "tiles"]
+    tile_maps: list[torch.Tensor] = []
+    if tile_grids:
+        _, h, w = tile_grids[0]
+        mosaic = _fit_role(prior, family, "tiles", (arrangement[0] * h, arrangement[1] * w))
+        tile_maps = cut_mosaic(mosaic, arrangement)
+    fitted = []
+    for name, rows, cols in grids:
+        role = grid_role(name)
+        fitted.append(tile_maps.pop(0) if role == "tiles" else _fit_role(prior, family, role, (rows, cols)))
+    return fitted
+
+
+def _fit_role(prior: Prior, family: str, role: str, size: tuple[int, int]) -> torch.Tensor:
+    values = prior.map_for(role)
+    return resize_keeping_mass(values, size) if is_dynamic(family, role) else resize_prior(values, size)
+
+
 def prior_filename(model_id: str, layer: int, kind: str = "natural") -> str:
     """File name of a prior: ``<model id with / as -->__layer<K>[__content-free].safetensors``."""
     safe = model_id.strip().replace("/", "--").replace("\\", "--")
@@ -154,6 +237,7 @@ def save_prior(prior: Prior, path: str | os.PathLike[str]) -> Path:
     os.close(handle)
     try:
         save_file(tensors, tmp_name, metadata={_METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a prior is an ordinary shareable file
         os.replace(tmp_name, path)
     finally:
         if os.path.exists(tmp_name):
@@ -245,3 +329,4 @@ def uniform_prior(grids: Mapping[str, tuple[int, int]], *, model_id: str, layer:
     """A flat prior (every position equal): relative attention then ranks exactly as raw attention."""
     maps = {role: torch.full((h, w), 1.0 / (h * w)) for role, (h, w) in grids.items()}
     return Prior(maps=maps, model_id=model_id, layer=layer, source="uniform (no calibrated prior)")
+
