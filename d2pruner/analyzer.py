@@ -229,14 +229,6 @@ class _Request:
     def regions(self) -> np.ndarray:
         return _rescale(self.layout.regions[self.candidate_tokens], self.processed_size, self.original_size)
 
-    @property
-    def tile_arrangement(self) -> tuple[int, int]:
-        """(rows, cols) of InternVL's tiles in the image plane; (1, 1) otherwise."""
-        tiles = getattr(self.layout, "tiles", ())
-        if self.layout.family != "internvl" or not tiles:
-            return (1, 1)
-        return (len({round(t[1], 3) for t in tiles}), len({round(t[0], 3) for t in tiles}))
-
     def per_grid(self, flat: np.ndarray) -> list[np.ndarray]:
         """Split an [N] vector into one [rows, cols] array per grid."""
         splits = [g.offset for g in self.tokens.grids[1:]]
@@ -710,6 +702,7 @@ class Analyzer:
         self, prior: PriorArg, layer: int, request: _Request, progress: Progress | None, notes: list[str]
     ) -> tuple[list[torch.Tensor], str]:
         """One prior map per grid, exactly grid-shaped, and a description of where it came from."""
+        from d2pruner.layout import tile_arrangement
         from d2pruner.priors import Prior, fit_prior, resize_prior
 
         shapes = request.tokens.grid_shapes
@@ -725,7 +718,7 @@ class Analyzer:
             if prior.layer != layer:
                 notes.append(f"the prior was calibrated at layer {prior.layer} but K = {layer}")
             names = [(g.name, g.rows, g.cols) for g in request.grids]
-            return fit_prior(prior, self.family, names, request.tile_arrangement), prior.describe()
+            return fit_prior(prior, self.family, names, tile_arrangement(request.layout)), prior.describe()
         given = [prior] if isinstance(prior, torch.Tensor) else list(prior)
         if len(given) == 1:
             given = given * len(shapes)

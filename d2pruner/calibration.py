@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from d2pruner.layout import tile_arrangement
 from d2pruner.priors import KINDS, Prior, grid_role, is_dynamic, resize_keeping_mass, tile_mosaic
 
 DEFAULT_PROMPT = "Please describe the provided image."
@@ -78,7 +79,7 @@ class PriorAccumulator:
             by_role.setdefault(grid_role(grid.name), []).append(torch.from_numpy(np.asarray(values, dtype=np.float64)))
         maps = {}
         for role, parts in by_role.items():
-            values = tile_mosaic(parts, _arrangement(observation.layout)) if role == "tiles" else parts[0]
+            values = tile_mosaic(parts, tile_arrangement(observation.layout)) if role == "tiles" else parts[0]
             if is_dynamic(self.family, role):
                 values = resize_keeping_mass(values, self.canonical).double()
             maps[role] = values
@@ -88,13 +89,6 @@ class PriorAccumulator:
         if self.count == 0:
             raise ValueError("no image was calibrated")
         return {role: (total / self.count).float() for role, total in self.sums.items()}
-
-
-def _arrangement(layout) -> tuple[int, int]:
-    tiles = getattr(layout, "tiles", ())
-    if getattr(layout, "family", "") != "internvl" or not tiles:
-        return (1, 1)
-    return (len({round(t[1], 3) for t in tiles}), len({round(t[0], 3) for t in tiles}))
 
 
 # ---------------------------------------------------------------------------------------------- images

@@ -59,6 +59,7 @@ __all__ = [
     "qwen2_5_vl_layout",
     "select_best_resolution",
     "smart_resize",
+    "tile_arrangement",
 ]
 
 #: ``image_grid_pinpoints`` of the llava-hf LLaVA-NeXT (v1.6) checkpoints, as (height, width).
@@ -630,6 +631,14 @@ def internvl_layout(
 
 # ----------------------------------------------------------------------------------------------------
 # Entry points by family name / from a live processor.
+
+def tile_arrangement(layout: VisualLayout) -> tuple[int, int]:
+    """(rows, cols) in which InternVL's tiles cover the image (row-major, as in the token sequence); (1, 1) for
+    every other family and for a single tile."""
+    if layout.family != "internvl" or not layout.tiles:
+        return (1, 1)
+    return (len({round(t[1], 3) for t in layout.tiles}), len({round(t[0], 3) for t in layout.tiles}))
+
 
 _BUILDERS = {
     "llava": llava_layout,

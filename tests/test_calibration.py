@@ -12,6 +12,7 @@ from PIL import Image
 from d2pruner import calibration
 from d2pruner.adapters import adapter_for
 from d2pruner.calibration import PriorAccumulator, calibrate, content_free_images, folder_images
+from d2pruner.layout import tile_arrangement
 from d2pruner.priors import (
     Prior,
     cut_mosaic,
@@ -47,12 +48,7 @@ def expected_prior(analyzer, images, layer: int) -> dict[str, torch.Tensor]:
         for grid, values in zip(result.grids, result.attention, strict=True):
             parts.setdefault(grid_role(grid.name), []).append(torch.from_numpy(values).double())
         for role, maps in parts.items():
-            if role == "tiles":
-                tiles = result.layout.tiles
-                arrangement = (len({round(t[1], 3) for t in tiles}), len({round(t[0], 3) for t in tiles}))
-                values = tile_mosaic(maps, arrangement)
-            else:
-                values = maps[0]
+            values = tile_mosaic(maps, tile_arrangement(result.layout)) if role == "tiles" else maps[0]
             if is_dynamic(analyzer.family, role):
                 values = resize_keeping_mass(values, (24, 24)).double()
             sums[role] = sums.get(role, 0) + values

@@ -473,3 +473,13 @@ def _same(a: VisualLayout, b: VisualLayout) -> bool:
         and np.array_equal(a.regions, b.regions, equal_nan=True)
         and a.frame_size == b.frame_size
     )
+
+
+def test_tile_arrangement_follows_internvl_tiling():
+    from d2pruner.layout import tile_arrangement
+
+    assert tile_arrangement(internvl_layout((896, 448))) == (1, 2)
+    assert tile_arrangement(internvl_layout((1344, 896))) == (2, 3)
+    assert tile_arrangement(internvl_layout((448, 1344))) == (3, 1)
+    assert tile_arrangement(internvl_layout((448, 448))) == (1, 1)
+    assert tile_arrangement(llava_layout((100, 80))) == (1, 1)
