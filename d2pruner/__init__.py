@@ -8,11 +8,12 @@ Public API:
     hybrid_graph(hidden, grid, alpha, theta) -> HybridGraph (adjacency + labelled edges)
     relative_attention(attention, priors, grids), resize_prior(prior, size)
     efficiency_report / prefill_flops / kv_cache_bytes: analytic prefill cost, unpruned vs pruned
-Submodules: layout (token -> image regions), grounding (prompts, box parsing, IoU), efficiency.
+Submodules: layout (token -> image regions), grounding (prompts, box parsing, IoU), efficiency, priors,
+calibration (python -m d2pruner.priors), viz (plotly figures from result arrays; imported on demand).
 """
 
 from d2pruner.adapters import PruneInputs, PruneState, VisualTokens, adapter_for, prune
-from d2pruner.analyzer import AnalysisResult, Analyzer, GridView, MethodResult, keep_count, load
+from d2pruner.analyzer import AnalysisResult, Analyzer, GridView, MethodResult, Observation, keep_count, load, to_rgb
 from d2pruner.efficiency import (
     ARCHITECTURES,
     EfficiencyReport,
@@ -24,6 +25,7 @@ from d2pruner.efficiency import (
     prefill_flops,
 )
 from d2pruner.graph import HybridGraph, hybrid_graph, spatial_adjacency
+from d2pruner.grounding import box_iou
 from d2pruner.methods import METHODS, build_method, relative_attention, select
 from d2pruner.priors import Prior, load_prior, resize_prior, save_prior
 from d2pruner.tiny import TINY_NAMES, build_tiny
@@ -41,6 +43,7 @@ __all__ = [
     "HybridGraph",
     "MethodResult",
     "ModelArch",
+    "Observation",
     "Prior",
     "PruneInputs",
     "PruneState",
@@ -48,6 +51,7 @@ __all__ = [
     "__version__",
     "adapter_for",
     "arch_from_config",
+    "box_iou",
     "build_method",
     "build_tiny",
     "efficiency_report",
@@ -64,4 +68,5 @@ __all__ = [
     "save_prior",
     "select",
     "spatial_adjacency",
+    "to_rgb",
 ]

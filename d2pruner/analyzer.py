@@ -346,12 +346,12 @@ def _check_methods(methods) -> tuple[str, ...]:
 
 
 def _method_params(methods: Sequence[str], params: dict) -> dict[str, dict]:
-    """Route ``**method_params`` to every requested method that has a field of that name."""
-    from d2pruner.methods import METHODS
+    """Route ``**method_params`` to every requested method that takes a parameter of that name."""
+    from d2pruner.methods import METHODS, method_parameters
 
     routed: dict[str, dict] = {m: {} for m in methods}
     for key, value in params.items():
-        takers = [m for m in methods if key in {f.name for f in dataclasses.fields(METHODS[m])}]
+        takers = [m for m in methods if key in method_parameters(METHODS[m])]
         if not takers:
             raise ValueError(f"no requested method has a parameter {key!r} (methods: {list(methods)})")
         for m in takers:

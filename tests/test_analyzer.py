@@ -76,14 +76,15 @@ def test_method_answer_equals_direct_pruned_generation(tiny_analyzers, tiny_mode
     for method in ("fastv", "d2pruner"):
         with torch.no_grad(), prune(model, tokens, layer=r.layer, keep=torch.as_tensor(r.methods[method].kept)):
             ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        text = adapter.tokenizer(analyzer.processor).decode(ids[0, tokens.seq_len:], skip_special_tokens=True)
+        text = adapter.tokenizer(analyzer.processor).decode(ids[0, tokens.seq_len :], skip_special_tokens=True)
         assert text.strip() == r.methods[method].answer
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_keep_all_answers_equal_vanilla(tiny_analyzers, test_image, name):
-    r = tiny_analyzers.get(name).analyze(test_image, "Describe.", methods=("fastv", "d2pruner"), keep_ratio=1.0,
-                                         max_new_tokens=4)
+    r = tiny_analyzers.get(name).analyze(
+        test_image, "Describe.", methods=("fastv", "d2pruner"), keep_ratio=1.0, max_new_tokens=4
+    )
     assert r.n == r.num_candidates
     for m in r.methods.values():
         assert m.answer == r.vanilla_answer
@@ -106,8 +107,16 @@ def test_deterministic(tiny_analyzers, test_image):
 
 def test_method_params_and_grounding(tiny_analyzers, test_image):
     a = tiny_analyzers.get("tiny-internvl")
-    r = a.analyze(test_image, "the red box", methods=("d2pruner", "mmr"), alpha=1.0, theta=0.9, lam=0.3,
-                  grounding=True, max_new_tokens=3)
+    r = a.analyze(
+        test_image,
+        "the red box",
+        methods=("d2pruner", "mmr"),
+        alpha=1.0,
+        theta=0.9,
+        lam=0.3,
+        grounding=True,
+        max_new_tokens=3,
+    )
     assert r.methods["d2pruner"].params == {"alpha": 1.0, "theta": 0.9}
     assert r.methods["mmr"].params == {"lam": 0.3}
     assert r.graph_params == {"alpha": 1.0, "theta": 0.9}
@@ -236,3 +245,11 @@ def test_real_from_pretrained_path(tiny_models, tiny_analyzers, tmp_path, test_i
     assert np.allclose(a.attention_flat, b.attention_flat, atol=1e-6)
     for m in a.methods:
         assert np.array_equal(a.methods[m].kept, b.methods[m].kept)
+
+
+def test_broadcast_parameters_skip_a_method_that_fixes_them(tiny_analyzers, test_image):
+    r = tiny_analyzers.get("tiny-llava").analyze(
+        test_image, "What?", methods=("d2pruner", "d2pruner-nospatial"), alpha=0.3, theta=0.7, max_new_tokens=1
+    )
+    assert r.methods["d2pruner"].params == {"alpha": 0.3, "theta": 0.7}
+    assert r.methods["d2pruner-nospatial"].params == {"theta": 0.7}

@@ -393,3 +393,11 @@ def test_hybrid_graph_rejects_out_of_range_parameters():
         d2pruner.hybrid_graph(torch.rand(4, 3), (2, 2), alpha=-0.5)
     with pytest.raises(ValueError, match="grid"):
         d2pruner.hybrid_graph(torch.rand(5, 3), (2, 2))
+
+
+def test_no_spatial_ablation_fixes_alpha():
+    with pytest.raises(ValueError, match=r"has no parameter\(s\) \['alpha'\]"):
+        d2pruner.select(
+            "d2pruner-nospatial", n=2, attention=torch.rand(4), hidden=torch.rand(4, 3), grid=(2, 2), alpha=0.5
+        )
+    assert d2pruner.METHODS["d2pruner-nospatial"](theta=0.9).alpha == 1.0

@@ -32,6 +32,7 @@ __all__ = [
     "SelectionInputs",
     "build_method",
     "make_inputs",
+    "method_parameters",
     "relative_attention",
     "select",
 ]
@@ -46,11 +47,16 @@ def build_method(method: str | Method, **params: object) -> Method:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     cls = METHODS[method]
-    allowed = [field.name for field in dataclasses.fields(cls)]
+    allowed = method_parameters(cls)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"method {method!r} has no parameter(s) {unknown}; its parameters are {allowed or 'none'}")
     return cls(**params)
+
+
+def method_parameters(method: type[Method]) -> list[str]:
+    """The hyperparameters a method takes (its dataclass fields that are set at construction)."""
+    return [field.name for field in dataclasses.fields(method) if field.init]
 
 
 def select(

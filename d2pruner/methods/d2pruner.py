@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -163,11 +163,14 @@ class D2Pruner(Method):
 
 @dataclass
 class D2PrunerSemanticOnly(D2Pruner):
-    """Ablation "SD without spatial": D²Pruner with α = 1 (graph from semantic similarity alone)."""
+    """Ablation "SD without spatial": D²Pruner with α = 1 (graph from semantic similarity alone).
+
+    α is fixed by the definition of the ablation (not a parameter); θ and r_pivot are.
+    """
 
     name: ClassVar[str] = "d2pruner-nospatial"
 
-    alpha: float = 1.0
+    alpha: float = field(default=1.0, init=False)
 
 
 @dataclass

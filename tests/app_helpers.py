@@ -1,0 +1,90 @@
+"""Helpers shared by the app tests: example lookup, decompression-bomb files, and a launched app server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "assets" / "examples"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def example(stem: str) -> dict:
+    """The examples.json entry of ``stem`` (e.g. ``"coffee"``)."""
+    items = json.loads((EXAMPLES / "examples.json").read_text())
+    return next(e for e in items if Path(e["file"]).stem == stem)
+
+
+def bomb_png(path: Path, size: int = 20000) -> Path:
+    """A size×size grey PNG (400 MP for 20000) written row by row: ~0.4 MB on disk, never held in memory."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    comp = zlib.compressobj(9)
+    row = b"\x00" + b"\x80" * size
+    body = b"".join(comp.compress(row) for _ in range(size)) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def bomb_jpeg(path: Path, size: int = 20000) -> Path:
+    """A size×size grey JPEG (encoding it needs size² bytes of memory for a moment)."""
+    from PIL import Image
+
+    Image.new("L", (size, size), 128).save(path, format="JPEG", quality=30)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(*args: str, name: str = "app", timeout: float = 120.0) -> Iterator[str]:
+    """``python app.py --host 127.0.0.1 --port <free> *args`` offline (HF_HUB_OFFLINE=1, so the default model
+    falls back to tiny-llava at once); yields its URL once it answers, and stops it afterwards. Its output goes to
+    ``tests/artifacts/<name>.log``."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log_path = ARTIFACTS / f"{name}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+                                 *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                try:
+                    with urllib.request.urlopen(url + "config", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"app.py did not answer within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)

@@ -1,0 +1,266 @@
+"""d2pruner.viz on made-up arrays: geometry, every figure's traces and numbers, thinning, IoU, the PNG report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from d2pruner import viz
+from d2pruner.viz import Grid, Panel, TokenGeometry
+
+
+def grid_regions(rows: int, cols: int, box=(0.0, 0.0, 120.0, 80.0)) -> np.ndarray:
+    """Regions of a rows×cols grid tiling ``box``, row-major."""
+    x1, y1, x2, y2 = box
+    xs = np.linspace(x1, x2, cols + 1)
+    ys = np.linspace(y1, y2, rows + 1)
+    return np.array([[xs[c], ys[r], xs[c + 1], ys[r + 1]] for r in range(rows) for c in range(cols)])
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    arr = np.zeros((80, 120, 3), dtype=np.uint8)
+    arr[:, :60] = (200, 40, 40)
+    return Image.fromarray(arr)
+
+
+@pytest.fixture
+def single() -> TokenGeometry:
+    """One 4×6 grid over a 120×80 image: 20×20 px cells."""
+    return TokenGeometry((Grid("image", 4, 6, 0),), grid_regions(4, 6), (120, 80))
+
+
+@pytest.fixture
+def multi() -> TokenGeometry:
+    """LLaVA-NeXT-like: a 2×3 base grid over the whole image, then a 4×6 high-res grid."""
+    regions = np.concatenate([grid_regions(2, 3), grid_regions(4, 6)])
+    return TokenGeometry((Grid("base", 2, 3, 0), Grid("highres", 4, 6, 6)), regions, (120, 80))
+
+
+# ---- geometry
+
+
+def test_geometry_validates_shapes(single):
+    with pytest.raises(ValueError, match="regions must be"):
+        TokenGeometry((Grid("image", 4, 6, 0),), np.zeros((23, 4)), (120, 80))
+    with pytest.raises(ValueError, match="contiguous"):
+        TokenGeometry((Grid("a", 2, 2, 0), Grid("b", 2, 2, 5)), np.zeros((8, 4)), (10, 10))
+    assert single.num_tokens == 24 and single.shapes == [(4, 6)]
+
+
+def test_geometry_edges_centres_positions(single):
+    xs, ys = single.grid_edges(0)
+    assert np.allclose(xs, np.arange(0, 121, 20)) and np.allclose(ys, np.arange(0, 81, 20))
+    centres = single.centres()
+    assert np.allclose(centres[7], (30, 30))  # row 1, col 1
+    g, r, c = single.positions()
+    assert (g == 0).all() and r[7] == 1 and c[7] == 1 and r[23] == 3 and c[23] == 5
+
+
+def test_views_and_raster(single, multi):
+    assert [label for label, _ in single.views()] == ["image grid"]
+    views = multi.views()
+    assert [ids for _, ids in views] == [(1,), (0,)] and views[0][0] == "high-res grid"
+    assert multi.view_tokens(0).tolist() == list(range(6, 30))
+    idx = multi.raster(0, (12, 8))  # 10 px output pixels: pixel (row 3, col 5) centre (55, 35) -> cell (1, 2)
+    assert idx.shape == (8, 12) and idx[3, 5] == 6 + 1 * 6 + 2
+    assert multi.raster(1, (12, 8))[3, 5] == 1  # base grid: cell (0, 1)
+
+
+def test_geometry_from_duck_typed_grids():
+    class G:
+        def __init__(self, name, rows, cols, offset):
+            self.name, self.rows, self.cols, self.offset = name, rows, cols, offset
+
+    geo = TokenGeometry.from_grids([G("image", 2, 2, 0)], grid_regions(2, 2, (0, 0, 10, 10)), (10, 10))
+    assert geo.grids == (Grid("image", 2, 2, 0),)
+
+
+# ---- heatmaps
+
+
+def test_token_heatmap_traces_and_hover(image, single):
+    values = np.arange(24, dtype=float) / 100
+    fig = viz.token_heatmap(image, single, values, title="attention", value_label="attention")
+    (trace,) = fig.data
+    assert np.asarray(trace.z).shape == (4, 6) and np.allclose(np.asarray(trace.z).ravel(), values)
+    custom = np.asarray(trace.customdata)
+    assert custom.shape == (4, 6, 4)
+    assert custom[1, 2, 0] == 8 and custom[1, 2, 1] == 1 and custom[1, 2, 2] == 2 and custom[1, 2, 3] == 0.08
+    for word in ("token #", "row", "col", "attention"):
+        assert word in trace.hovertemplate
+    assert fig.layout.coloraxis.cmin == 0 and fig.layout.coloraxis.cmax == pytest.approx(0.23)
+    assert len(fig.layout.images) == 1 and fig.layout.images[0].source.startswith("data:image/jpeg;base64,")
+    assert fig.layout.yaxis.range == (80, 0)  # y down, like the image
+
+
+def test_token_heatmap_shared_range_colour_values_and_log(image, single):
+    values = np.linspace(1, 24, 24)
+    fig = viz.token_heatmap(image, single, values, title="t", color_values=values * 2, zrange=(0.0, 100.0))
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.0, 100.0)
+    assert np.allclose(np.asarray(fig.data[0].z).ravel(), values * 2)
+    assert np.allclose(np.asarray(fig.data[0].customdata)[..., 3].ravel(), values)  # hover keeps the true value
+    logged = viz.token_heatmap(image, single, values, title="t", log=True)
+    assert np.allclose(np.asarray(logged.data[0].z).ravel(), np.log10(values))
+    assert logged.layout.coloraxis.colorbar.ticktext[0].startswith("1e")
+    with pytest.raises(ValueError, match="shape"):
+        viz.token_heatmap(image, single, values[:5], title="t")
+
+
+def test_token_heatmap_multi_grid_view_buttons(image, multi):
+    fig = viz.token_heatmap(image, multi, np.arange(30.0), title="t")
+    assert [t.name for t in fig.data] == ["highres", "base"]  # detail view first
+    assert [t.visible for t in fig.data] == [True, False]
+    buttons = fig.layout.updatemenus[0].buttons
+    assert [b.label for b in buttons] == ["high-res grid", "base grid"]
+    assert buttons[1].args[0]["visible"] == [False, True]
+    assert np.asarray(fig.data[1].z).shape == (2, 3)
+
+
+def test_value_range():
+    assert viz.value_range(np.array([1.0, 3.0]), np.array([2.0, np.nan, 5.0])) == (1.0, 5.0)
+    lo, hi = viz.value_range(np.array([2.0, 2.0]))
+    assert lo < 2.0 < hi
+
+
+# ---- graph
+
+
+def test_thin_edges_keeps_semantic_first_and_is_deterministic():
+    edges = np.array([[i, i + 1] for i in range(100)])
+    kinds = ["semantic" if i % 10 == 0 else "spatial" for i in range(100)]
+    all_idx, note = viz.thin_edges(edges, kinds, 100)
+    assert note is None and len(all_idx) == 100
+    idx, note = viz.thin_edges(edges, kinds, 30)
+    assert len(idx) == 30 and np.all(np.diff(idx) > 0)
+    assert set(range(0, 100, 10)) <= set(idx.tolist())  # all 10 semantic edges survive
+    assert "30 of 100 edges" in note and "10 of 10 semantic" in note
+    assert np.array_equal(idx, viz.thin_edges(edges, kinds, 30)[0])
+    with pytest.raises(ValueError):
+        viz.thin_edges(edges, kinds[:5], 10)
+
+
+def test_graph_figure_edges_nodes_and_highlight(image, single):
+    edges = np.array([[0, 1], [0, 6], [1, 7], [3, 20]])
+    kinds = ["spatial", "spatial", "spatial", "semantic"]
+    fig = viz.graph_figure(image, single, edges, kinds, title="graph", highlight=np.array([0, 20]))
+    spatial, semantic, nodes, kept = fig.data
+    assert spatial.line.dash == "solid" and semantic.line.dash == "dot"
+    assert spatial.line.color != semantic.line.color
+    assert len(spatial.x) == 3 * 3 and len(semantic.x) == 3  # one segment + separator per edge
+    assert (semantic.x[0], semantic.x[1], semantic.y[1]) == (70, 50, 70)  # token 3 (0, 3) -> token 20 (3, 2)
+    assert len(nodes.x) == 22 and len(kept.x) == 2 and kept.name == "kept"
+    assert "spatial edges (3)" in spatial.name and "semantic edges (1)" in semantic.name
+    degree = {int(c[0]): int(c[3]) for c in np.asarray(nodes.customdata)}
+    assert degree[1] == 2 and degree[6] == 1
+    with pytest.raises(ValueError, match="edge indices"):
+        viz.graph_figure(image, single, np.array([[0, 99]]), ["spatial"], title="g")
+
+
+def test_graph_figure_thins_large_graphs_with_a_note(image, single):
+    rng = np.random.default_rng(0)
+    edges = np.sort(rng.integers(0, 24, size=(500, 2)), axis=1)
+    fig = viz.graph_figure(image, single, edges, ["spatial"] * 500, title="graph", max_edges=50)
+    assert len(fig.data[0].x) == 50 * 3
+    assert "showing 50 of 500 edges" in fig.layout.title.text
+
+
+def test_graph_figure_multi_grid_views(image, multi):
+    edges = np.array([[6, 7], [0, 1], [0, 6]])
+    fig = viz.graph_figure(image, multi, edges, ["spatial", "spatial", "semantic"], title="g")
+    assert len(fig.layout.updatemenus[0].buttons) == 2
+    assert "1 edges join tokens of different views" in fig.layout.title.text
+
+
+# ---- methods facets, boxes, IoU
+
+
+def test_panel_iou_known_boxes():
+    assert viz.panel_iou((0, 0, 10, 10), (5, 5, 15, 15)) == pytest.approx(25 / 175)
+    assert viz.panel_iou(None, (5, 5, 15, 15)) == 0.0
+    assert viz.panel_iou((0, 0, 10, 10), None) is None
+
+
+def test_methods_figure_facets_kept_counts_boxes_and_iou(image, single):
+    panels = [
+        Panel("Vanilla", viz.VANILLA_COLOR, None, (0, 0, 60, 40)),
+        Panel("FastV", viz.METHOD_COLORS["fastv"], np.array([0, 5, 7]), (10, 10, 50, 50)),
+        Panel("D²Pruner", viz.METHOD_COLORS["d2pruner"], np.array([1, 2]), None),
+    ]
+    gt = (20.0, 20.0, 60.0, 60.0)
+    fig = viz.methods_figure(image, single, panels, gt_box=gt, reference_box=(0, 0, 60, 40), title="kept")
+    titles = [a.text for a in fig.layout.annotations]
+    iou_fastv = 30 * 30 / (40 * 40 + 40 * 40 - 30 * 30)
+    assert "24 / 24 tokens" in titles[0] and f"IoU {viz.panel_iou((0, 0, 60, 40), gt):.2f}" in titles[0]
+    assert "3 / 24 tokens" in titles[1] and f"IoU {iou_fastv:.2f}" in titles[1]
+    assert "2 / 24 tokens" in titles[2] and "IoU 0.00" in titles[2]
+    assert len(fig.data) == 3 and len(fig.layout.images) == 3
+    pruned = np.asarray(fig.data[1].z).ravel()
+    assert pruned.sum() == 21 and pruned[[0, 5, 7]].sum() == 0
+    assert np.asarray(fig.data[0].z).sum() == 0  # vanilla keeps everything
+    shapes = fig.layout.shapes
+    gt_shapes = [s for s in shapes if s.line.color == viz.GT_COLOR]
+    assert len(gt_shapes) == 3 and all(s.line.dash == "dash" for s in gt_shapes)
+    assert (gt_shapes[1].xref, gt_shapes[1].x0, gt_shapes[1].y1) == ("x2", 20.0, 60.0)
+    assert sum(s.line.color == viz.METHOD_COLORS["fastv"] for s in shapes) == 1
+    ref = [s for s in shapes if s.line.dash == "dot"]
+    assert len(ref) == 2  # the vanilla box is drawn in each method's facet, not in its own
+    with pytest.raises(ValueError, match="kept indices"):
+        viz.methods_figure(image, single, [Panel("x", "#000000", np.array([99]))])
+
+
+# ---- sweep, maps, marginals
+
+
+def test_sweep_figure():
+    fig = viz.sweep_figure([0.75, 0.5, 0.1], {"FastV": [0.9, 0.5, None], "D²Pruner": [1.0, 0.8, 0.4]},
+                           metric_label="IoU", colors={"FastV": "#F59E0B"})
+    assert [t.name for t in fig.data] == ["FastV", "D²Pruner"]
+    assert list(fig.data[0].x) == [75, 50, 10] and fig.data[0].y[2] is None
+    assert fig.data[0].line.color == "#F59E0B" and fig.layout.xaxis.autorange == "reversed"
+    with pytest.raises(ValueError, match="values for 3 ratios"):
+        viz.sweep_figure([0.75, 0.5, 0.1], {"x": [1.0]}, metric_label="IoU")
+
+
+def test_maps_figure_normalise_and_hover():
+    maps = {"base": np.full((2, 2), 0.25), "highres": np.arange(1.0, 7.0).reshape(2, 3)}
+    fig = viz.maps_figure(maps, normalise=True, value_label="attention")
+    assert len(fig.data) == 2
+    assert np.allclose(np.asarray(fig.data[0].z), 1.0)
+    assert np.allclose(np.asarray(fig.data[1].z), np.arange(1.0, 7.0).reshape(2, 3) / 3.5)
+    assert np.asarray(fig.data[1].customdata)[1, 2, 2] == 6.0  # raw value on hover
+    assert fig.layout.coloraxis.colorbar.title.text == "× uniform"
+    with pytest.raises(ValueError, match="2-D"):
+        viz.maps_figure({"x": np.zeros(3)})
+
+
+def test_marginals_of_a_bottom_heavy_map():
+    m = np.outer(np.arange(1.0, 5.0), np.ones(3))  # rows 1, 2, 3, 4
+    rows, cols = viz.marginals(m)
+    assert np.allclose(rows, np.arange(1.0, 5.0) / 2.5) and np.allclose(cols, 1.0)
+    fig = viz.marginals_figure({"prior": m, "other": m.T})
+    assert len(fig.data) == 4 and fig.data[0].y[-1] > fig.data[0].y[0]
+
+
+# ---- PNG report
+
+
+def test_report_png_draws_every_panel(image, single):
+    values = np.arange(24, dtype=float)
+    panels = [Panel("Vanilla", viz.VANILLA_COLOR, None, None),
+              Panel("FastV", viz.METHOD_COLORS["fastv"], np.arange(6), (10, 10, 50, 50))]
+    png = viz.report_png(
+        image, single,
+        heatmaps=[("raw attention", values, viz.ATTENTION_COLORSCALE, None, False, "attention"),
+                  ("relative", values, viz.RELATIVE_COLORSCALE, (0.0, 50.0), True, "ratio")],
+        edges=np.array([[0, 1]]), kinds=["spatial"], panels=panels, gt_box=(20, 20, 60, 60),
+        header=["model x"], footer=["FastV: answer"], tile=120, columns=3, highlight=np.array([0]),
+    )
+    assert png.mode == "RGB" and png.width > 3 * 120
+    arr = np.asarray(png).reshape(-1, 3)
+    colours = {tuple(c) for c in arr[:: 7]}
+    gt = tuple(int(viz.GT_COLOR[i : i + 2], 16) for i in (1, 3, 5))
+    fastv = tuple(int(viz.METHOD_COLORS["fastv"][i : i + 2], 16) for i in (1, 3, 5))
+    assert gt in {tuple(c) for c in arr} and fastv in {tuple(c) for c in arr}
+    assert len(colours) > 50  # heatmaps and photos, not a blank canvas
