@@ -46,6 +46,7 @@ from d2pruner.adapters import (
     capture,
     prune,
 )
+from d2pruner.ops import GridView
 from d2pruner.priors import Prior
 from d2pruner.tiny import TINY_NAMES, build_tiny
 
@@ -69,26 +70,6 @@ def user_prior_dir() -> Path:
 MIN_IMAGE_SIDE = 28
 #: aspect ratios above this are rejected (Qwen2.5-VL's processor limit, applied to every family)
 MAX_ASPECT_RATIO = 200.0
-
-
-@dataclass
-class GridView:
-    """One token grid of the visual-token layout.
-
-    Attributes:
-        name: ``"image"``, ``"base"`` / ``"highres"`` (LLaVA-NeXT), ``"tile0"`` … / ``"thumbnail"`` (InternVL).
-        rows, cols: shape in tokens.
-        offset: index of the grid's first token among the N candidate tokens.
-    """
-
-    name: str
-    rows: int
-    cols: int
-    offset: int
-
-    @property
-    def size(self) -> int:
-        return self.rows * self.cols
 
 
 @dataclass

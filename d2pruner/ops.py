@@ -4,10 +4,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 Grid = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class GridView:
+    """One row-major grid of visual tokens inside the list of N candidate tokens.
+
+    Attributes:
+        name: ``"image"``, ``"base"`` / ``"highres"`` (LLaVA-NeXT), ``"tile0"`` … / ``"thumbnail"`` (InternVL).
+        rows, cols: shape in tokens.
+        offset: index of the grid's first token among the N candidates (tokens ``offset … offset + size − 1``).
+    """
+
+    name: str
+    rows: int
+    cols: int
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.cols
 
 
 def check_count(n: object) -> int:

@@ -40,6 +40,7 @@ from plotly.colors import get_colorscale, sample_colorscale
 from plotly.subplots import make_subplots
 
 from d2pruner.grounding import box_iou
+from d2pruner.ops import GridView
 
 __all__ = [
     "ATTENTION_COLORSCALE",
@@ -50,7 +51,6 @@ __all__ = [
     "SEMANTIC_EDGE_COLOR",
     "SPATIAL_EDGE_COLOR",
     "VANILLA_COLOR",
-    "Grid",
     "Panel",
     "TokenGeometry",
     "graph_figure",
@@ -106,20 +106,6 @@ _MUTED = "#6B7280"
 
 
 @dataclass(frozen=True)
-class Grid:
-    """One row-major token grid: tokens ``offset … offset + rows·cols − 1`` of the N candidates."""
-
-    name: str
-    rows: int
-    cols: int
-    offset: int
-
-    @property
-    def size(self) -> int:
-        return self.rows * self.cols
-
-
-@dataclass(frozen=True)
 class TokenGeometry:
     """Where the N candidate tokens look in the image.
 
@@ -130,7 +116,7 @@ class TokenGeometry:
         image_size: (width, height) of the image the regions refer to.
     """
 
-    grids: tuple[Grid, ...]
+    grids: tuple[GridView, ...]
     regions: np.ndarray
     image_size: tuple[int, int]
 
@@ -152,7 +138,7 @@ class TokenGeometry:
     @classmethod
     def from_grids(cls, grids: Sequence, regions: np.ndarray, image_size: tuple[int, int]) -> TokenGeometry:
         """From any grid objects with ``name``, ``rows``, ``cols``, ``offset`` (e.g. an analysis result's)."""
-        specs = tuple(Grid(str(g.name), int(g.rows), int(g.cols), int(g.offset)) for g in grids)
+        specs = tuple(GridView(str(g.name), int(g.rows), int(g.cols), int(g.offset)) for g in grids)
         return cls(specs, np.asarray(regions, dtype=np.float64), (int(image_size[0]), int(image_size[1])))
 
     @property

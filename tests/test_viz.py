@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from d2pruner import viz
-from d2pruner.viz import Grid, Panel, TokenGeometry
+from d2pruner.ops import GridView
+from d2pruner.viz import Panel, TokenGeometry
 
 
 def grid_regions(rows: int, cols: int, box=(0.0, 0.0, 120.0, 80.0)) -> np.ndarray:
@@ -28,14 +29,14 @@ def image() -> Image.Image:
 @pytest.fixture
 def single() -> TokenGeometry:
     """One 4×6 grid over a 120×80 image: 20×20 px cells."""
-    return TokenGeometry((Grid("image", 4, 6, 0),), grid_regions(4, 6), (120, 80))
+    return TokenGeometry((GridView("image", 4, 6, 0),), grid_regions(4, 6), (120, 80))
 
 
 @pytest.fixture
 def multi() -> TokenGeometry:
     """LLaVA-NeXT-like: a 2×3 base grid over the whole image, then a 4×6 high-res grid."""
     regions = np.concatenate([grid_regions(2, 3), grid_regions(4, 6)])
-    return TokenGeometry((Grid("base", 2, 3, 0), Grid("highres", 4, 6, 6)), regions, (120, 80))
+    return TokenGeometry((GridView("base", 2, 3, 0), GridView("highres", 4, 6, 6)), regions, (120, 80))
 
 
 # ---- geometry
@@ -43,9 +44,9 @@ def multi() -> TokenGeometry:
 
 def test_geometry_validates_shapes(single):
     with pytest.raises(ValueError, match="regions must be"):
-        TokenGeometry((Grid("image", 4, 6, 0),), np.zeros((23, 4)), (120, 80))
+        TokenGeometry((GridView("image", 4, 6, 0),), np.zeros((23, 4)), (120, 80))
     with pytest.raises(ValueError, match="contiguous"):
-        TokenGeometry((Grid("a", 2, 2, 0), Grid("b", 2, 2, 5)), np.zeros((8, 4)), (10, 10))
+        TokenGeometry((GridView("a", 2, 2, 0), GridView("b", 2, 2, 5)), np.zeros((8, 4)), (10, 10))
     assert single.num_tokens == 24 and single.shapes == [(4, 6)]
 
 
@@ -74,7 +75,7 @@ def test_geometry_from_duck_typed_grids():
             self.name, self.rows, self.cols, self.offset = name, rows, cols, offset
 
     geo = TokenGeometry.from_grids([G("image", 2, 2, 0)], grid_regions(2, 2, (0, 0, 10, 10)), (10, 10))
-    assert geo.grids == (Grid("image", 2, 2, 0),)
+    assert geo.grids == (GridView("image", 2, 2, 0),)
 
 
 # ---- heatmaps

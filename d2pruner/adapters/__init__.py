@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from d2pruner.adapters.base import (
     FamilyAdapter,
-    Grid,
     ProcessorParts,
     PruneInputs,
     PruneState,
@@ -45,7 +44,6 @@ def adapter_for(model) -> FamilyAdapter:
 __all__ = [
     "FAMILIES",
     "FamilyAdapter",
-    "Grid",
     "ProcessorParts",
     "PruneInputs",
     "PruneState",

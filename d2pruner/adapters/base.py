@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from d2pruner.ops import GridView
+
 _COUNTER = itertools.count()
 
 
@@ -46,20 +48,6 @@ class ProcessorParts:
 
     tokenizer: Any
     image_processor: Any
-
-
-@dataclass(frozen=True)
-class Grid:
-    """One rectangular grid of visual tokens (row-major) inside the candidate list."""
-
-    name: str
-    rows: int
-    cols: int
-    offset: int  # index of the grid's first token in the candidate list
-
-    @property
-    def size(self) -> int:
-        return self.rows * self.cols
 
 
 @dataclass
@@ -76,7 +64,7 @@ class VisualTokens:
     """
 
     positions: torch.Tensor
-    grids: list[Grid]
+    grids: list[GridView]
     protected: torch.Tensor
     seq_len: int
 

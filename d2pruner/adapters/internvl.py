@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from d2pruner.adapters.base import FamilyAdapter, Grid, ProcessorParts, VisualTokens
+from d2pruner.adapters.base import FamilyAdapter, ProcessorParts, VisualTokens
+from d2pruner.ops import GridView
 
 #: the InternVL3-hf chat template for one image
 TEMPLATE = "<|im_start|>user\n<img>{image}</img>\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
@@ -38,7 +39,7 @@ class InternVLAdapter(FamilyAdapter):
         names = [f"tile {i}" for i in range(tiles)]
         if tiles > 1:
             names[-1] = "thumbnail"
-        grids = [Grid(name, s, s, i * s * s) for i, name in enumerate(names)]
+        grids = [GridView(name, s, s, i * s * s) for i, name in enumerate(names)]
         return VisualTokens(
             positions=pos, grids=grids, protected=torch.zeros(0, dtype=torch.long), seq_len=input_ids.shape[1]
         )

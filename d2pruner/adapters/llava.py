@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from d2pruner.adapters.base import FamilyAdapter, Grid, VisualTokens
+from d2pruner.adapters.base import FamilyAdapter, VisualTokens
+from d2pruner.ops import GridView
 
 
 class LlavaAdapter(FamilyAdapter):
@@ -25,7 +26,7 @@ class LlavaAdapter(FamilyAdapter):
             raise ValueError(f"{pos.numel()} image tokens do not form a square grid")
         return VisualTokens(
             positions=pos,
-            grids=[Grid("image", side, side, 0)],
+            grids=[GridView("image", side, side, 0)],
             protected=torch.zeros(0, dtype=torch.long),
             seq_len=input_ids.shape[1],
         )

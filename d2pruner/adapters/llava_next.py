@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from d2pruner.adapters.base import FamilyAdapter, Grid, VisualTokens
+from d2pruner.adapters.base import FamilyAdapter, VisualTokens
+from d2pruner.ops import GridView
 
 
 class LlavaNextAdapter(FamilyAdapter):
@@ -45,10 +46,10 @@ class LlavaNextAdapter(FamilyAdapter):
             hi = pos[base:].view(rows, cols + 1)
             candidates = torch.cat([pos[:base], hi[:, :cols].flatten()])
             protected = hi[:, cols]
-            grids = [Grid("base", side, side, 0), Grid("high-res", rows, cols, base)]
+            grids = [GridView("base", side, side, 0), GridView("highres", rows, cols, base)]
         elif pos.numel() == base + 1:  # no high-res crops: base grid + one newline
             candidates, protected = pos[:base], pos[base:]
-            grids = [Grid("base", side, side, 0)]
+            grids = [GridView("base", side, side, 0)]
         else:
             raise ValueError(
                 f"{pos.numel()} image tokens do not match a {side}x{side} base grid plus a "

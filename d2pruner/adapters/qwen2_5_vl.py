@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from d2pruner.adapters.base import FamilyAdapter, Grid, ProcessorParts, VisualTokens
+from d2pruner.adapters.base import FamilyAdapter, ProcessorParts, VisualTokens
+from d2pruner.ops import GridView
 
 #: the Qwen2.5-VL chat template for one image (system prompt as in the official template)
 TEMPLATE = (
@@ -36,7 +37,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             raise ValueError(f"{pos.numel()} image tokens do not match image_grid_thw {(t, h, w)} (merge {m})")
         return VisualTokens(
             positions=pos,
-            grids=[Grid("image", rows, cols, 0)],
+            grids=[GridView("image", rows, cols, 0)],
             protected=torch.zeros(0, dtype=torch.long),
             seq_len=input_ids.shape[1],
         )
