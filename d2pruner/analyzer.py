@@ -12,10 +12,11 @@ What one request computes, and what is shared:
    answer, and the layer-(K−1) attention row, the visual hidden states entering layer K and the layer-(K−1)
    keys that every method selects from;
 3. **selection once per method** from those shared captures (``d2pruner.select``);
-4. **one generation per method** with the kept indices applied at layer K (``prune(..., keep=...)``).
-   Layers < K are recomputed in each method's prefill (K of the model's layers, e.g. 2 of 32; the
-   vision tower, the expensive shared part, is not). ``prefill_seconds`` is that pruned prefill forward;
-   ``select_seconds`` the selection.
+4. **one generation per method** with the kept indices applied at layer K (``prune(..., keep=...)``), replaying
+   the vanilla run's layers < K (``prune(..., replay=prefix)``: their output, KV cache and attention row are put
+   back at layer K; identical results, tested), so layers < K too run once per request.
+   ``prefill_seconds`` is a method's pruned prefill forward plus the shared time before layer K (measured once
+   in the vanilla run), i.e. what a standalone pruned prefill costs; ``select_seconds`` the selection.
 
 Coordinates: every region and box is in pixels of the image as passed in (after mode conversion). Images
 larger than the family's maximum are downscaled before preprocessing and tiny ones (shorter side < 28 px) are
@@ -81,7 +82,8 @@ class MethodResult:
         num_kept: ``len(kept)`` (= n).
         answer: generated text.
         box: parsed grounding box in original pixels (x1, y1, x2, y2), or None (also when grounding is off).
-        prefill_seconds: the pruned prefill forward (layers < K included, vision tower excluded).
+        prefill_seconds: the pruned prefill (layers < K included — timed once in the vanilla run and added —,
+            vision tower excluded).
         select_seconds: the selection call.
         params: the method's hyperparameters used.
     """
@@ -522,10 +524,10 @@ class Analyzer:
             encoded = self.adapter.encode_image(model, request.inputs)
             _sync(self.device)
             vision_seconds = time.perf_counter() - start
-            with prune(model, tokens, layer=layer) as observed:
+            with prune(model, tokens, layer=layer, record=True) as observed:
                 vanilla_ids = model.generate(**text_inputs, mm_encoder_outputs=encoded, **gen_kwargs)
         vanilla_answer = self._decode(vanilla_ids, tokens.seq_len)
-        hidden, attention, keys = observed.hidden, observed.attention, observed.keys
+        hidden, attention, keys, shared = observed.hidden, observed.attention, observed.keys, observed.prefix
         grid_shapes = tokens.grid_shapes
         grid_arg = grid_shapes[0] if len(grid_shapes) == 1 else grid_shapes
         relative = relative_attention(attention.cpu(), priors, grid_shapes)
@@ -543,7 +545,7 @@ class Analyzer:
                 method, n=n, hidden=hidden, attention=attention, grid=grid_arg, prior=priors, keys=keys, **params
             )
             select_seconds = time.perf_counter() - start
-            with torch.inference_mode(), prune(model, tokens, layer=layer, keep=kept.cpu()) as state:
+            with torch.inference_mode(), prune(model, tokens, layer=layer, keep=kept.cpu(), replay=shared) as state:
                 ids = model.generate(**text_inputs, mm_encoder_outputs=encoded, **gen_kwargs)
             answer = self._decode(ids, tokens.seq_len)
             results[method] = MethodResult(

@@ -143,10 +143,14 @@ def test_cached_generation_matches_recomputation(tiny_models, test_image, name, 
     steps = 4
     with torch.no_grad(), prune(model, tokens, layer=k, select=_top_attention(n)) as state:
         gen = model.generate(
-            **inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-            output_logits=True, return_dict_in_generate=True,
+            **inputs,
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
-    new = gen.sequences[0, tokens.seq_len:]
+    new = gen.sequences[0, tokens.seq_len :]
     assert new.numel() == steps
     for i in range(steps):
         seq_inputs = _extend(inputs, new[:i])
@@ -179,8 +183,11 @@ def _snapshot(model):
 
 
 def _registered():
-    return [k for k in (*AttentionInterface._global_mapping, *AttentionMaskInterface._global_mapping)
-            if k.startswith("d2pruner")]
+    return [
+        k
+        for k in (*AttentionInterface._global_mapping, *AttentionMaskInterface._global_mapping)
+        if k.startswith("d2pruner")
+    ]
 
 
 @pytest.mark.parametrize("attn", ATTNS)
@@ -264,8 +271,10 @@ def test_bad_arguments(tiny_models, test_image, attn):
         pass
     with pytest.raises(ValueError, match=r"\[0, 24\)"), prune(model, tokens, layer=1, keep=[24]):
         model(**inputs)
-    batch = {k: (torch.cat([v, v]) if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
-             for k, v in inputs.items()}
+    batch = {
+        k: (torch.cat([v, v]) if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+        for k, v in inputs.items()
+    }
     with pytest.raises(ValueError, match="batch size 1"), prune(model, tokens, layer=1, keep=[0]):
         model(**batch)
     assert _registered() == []
@@ -319,3 +328,43 @@ def test_padding_mask_is_kept(tiny_models, test_image, name, attn, k):
     assert (out - ref).abs().max() <= 1e-5
     unpadded = _hand_run(model, adapter, embeds, pos, state.keep_positions.cpu(), k)[0]
     assert (unpadded - ref).abs().max() > 1e-4  # the padding matters, so the check above can fail
+
+
+@pytest.mark.parametrize(("name", "attn", "k"), MATRIX)
+def test_replayed_prefix_equals_recomputing_layers_below_k(tiny_models, test_image, name, attn, k):
+    """Layers < K shared across methods: a replayed prefix gives the same logits, tokens and selection inputs
+    as recomputing them, and layers < K then see one token only."""
+    model, adapter, inputs, tokens = _setup(tiny_models, name, attn, test_image)
+    layers = adapter.language_model(model).layers
+    with torch.no_grad(), prune(model, tokens, layer=k, record=True) as vanilla:
+        model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    prefix = vanilla.prefix
+    assert prefix.hidden.shape[1] == tokens.seq_len and len(prefix.cache) == k
+    keep = torch.arange(0, tokens.num_candidates, 3)
+    gen_kwargs = dict(
+        max_new_tokens=3, min_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    with torch.no_grad(), prune(model, tokens, layer=k, keep=keep) as full:
+        expected = model.generate(**inputs, **gen_kwargs)
+    seen = []
+
+    def record_length(i):
+        def hook(module, args, output):
+            seen.append((i, (output[0] if isinstance(output, tuple) else output).shape[1]))
+
+        return hook
+
+    hooks = [layer.register_forward_hook(record_length(i)) for i, layer in enumerate(layers[:k])]
+    try:
+        with torch.no_grad(), prune(model, tokens, layer=k, keep=keep, replay=prefix) as replayed:
+            got = model.generate(**inputs, **gen_kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(got.sequences, expected.sequences)
+    for step, (a, b) in enumerate(zip(got.logits, expected.logits, strict=True)):
+        assert (a - b).abs().max() <= 1e-5, f"step {step}"
+    assert torch.equal(replayed.hidden, full.hidden) and torch.equal(replayed.attention, full.attention)
+    assert torch.equal(replayed.keep_positions, full.keep_positions)
+    assert seen[:k] == [(i, 1) for i in range(k)]  # the prefill ran layers < K on one token only
+    assert replayed.prefill_seconds >= prefix.seconds

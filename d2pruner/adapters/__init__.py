@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from d2pruner.adapters.base import (
     FamilyAdapter,
+    Prefix,
     ProcessorParts,
     PruneInputs,
     PruneState,
@@ -44,6 +45,7 @@ def adapter_for(model) -> FamilyAdapter:
 __all__ = [
     "FAMILIES",
     "FamilyAdapter",
+    "Prefix",
     "ProcessorParts",
     "PruneInputs",
     "PruneState",

@@ -108,6 +108,24 @@ SelectFn = Callable[[PruneInputs], torch.Tensor]
 
 
 @dataclass
+class Prefix:
+    """What the layers below K computed for one prompt — enough to run layers ≥ K again without them.
+
+    Recorded by ``prune(..., record=True)`` during an unpruned prefill and replayed by
+    ``prune(..., replay=prefix)``: then layers < K run on one dummy token only, and at layer K the recorded
+    hidden states, attention row, keys and KV cache of layers < K are put back. The results are identical to
+    recomputing them (tested); ``seconds`` is the time the recorded prefill spent before layer K, which a
+    replayed prefill adds to its own measured time so that timings stay comparable.
+    """
+
+    hidden: torch.Tensor  # [1, L, D] entering layer K
+    attention_row: torch.Tensor  # [L] layer K-1, last prompt token
+    keys: torch.Tensor | None  # [L, Dk] layer K-1 k_proj output
+    cache: list[tuple[torch.Tensor, torch.Tensor]]  # keys, values of layers < K, [1, H_kv, L, d]
+    seconds: float
+
+
+@dataclass
 class PruneState:
     """Per-call state of one :func:`prune` context (reset for every context; no globals).
 
@@ -129,6 +147,9 @@ class PruneState:
     prefill_length: int | None = None
     prefill_seconds: float | None = None
     inactive: bool = False  # True when the context started on a non-empty cache: nothing is pruned
+    record: bool = False
+    replay: Prefix | None = None
+    prefix: Prefix | None = None  # filled during the prefill when ``record``
     _plan: tuple[torch.Tensor | None, torch.Tensor | None] | None = field(default=None, repr=False)
     _keys_full: torch.Tensor | None = field(default=None, repr=False)
     _t0: float | None = field(default=None, repr=False)
@@ -157,6 +178,26 @@ class PruneState:
         self.attention_row = torch.softmax(scores, dim=-1).mean(0)
 
     # -- called from the layer-K pre-hook ------------------------------------------------------------------
+    def enter_layer_k(self, hidden: torch.Tensor, cache) -> torch.Tensor:
+        """At layer K of the prefill: record the prefix, or put a replayed one back. Returns the hidden states
+        that enter layer K."""
+        if self.replay is not None:
+            prefix = self.replay
+            if prefix.hidden.shape[1] != self.tokens.seq_len:
+                raise ValueError("the replayed prefix belongs to a prompt of another length")
+            if cache is not None:
+                for i, (keys, values) in enumerate(prefix.cache):
+                    cache.layers[i].keys, cache.layers[i].values = keys.clone(), values.clone()
+            self.attention_row, self._keys_full = prefix.attention_row, prefix.keys
+            return prefix.hidden
+        if self.record:
+            if hidden.is_cuda:
+                torch.cuda.synchronize(hidden.device)
+            seconds = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+            kv = [] if cache is None else [(c.keys.clone(), c.values.clone()) for c in cache.layers[: self.layer]]
+            self.prefix = Prefix(hidden.detach().clone(), self.attention_row, self._keys_full, kv, seconds)
+        return hidden
+
     def begin_forward(self, hidden: torch.Tensor, past_len_at_k: int) -> None:
         """Decide what layers ≥ K do in this forward: prune the prefill once, map later forwards' columns."""
         if hidden.shape[0] != 1:
@@ -250,6 +291,29 @@ class PruneState:
         return hidden, kwargs
 
 
+def _last_token_only(hidden: torch.Tensor, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Slice a decoder layer's inputs to the last sequence position (hidden, cos/sin, ids, 4-D mask)."""
+    last = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
+    kwargs = dict(kwargs)
+    pe = kwargs.get("position_embeddings")
+    if pe is not None:
+        kwargs["position_embeddings"] = tuple(
+            t.index_select(-2, last.to(t.device)) if t.shape[-2] > 1 else t for t in pe
+        )
+    for name in ("position_ids", "cache_position"):
+        t = kwargs.get(name)
+        if isinstance(t, torch.Tensor) and t.ndim >= 1 and t.shape[-1] > 1:
+            kwargs[name] = t.index_select(-1, last.to(t.device))
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[-2] > 1:
+        kwargs["attention_mask"] = mask[..., -1:, -1:]
+    new_hidden = hidden[:, -1:] if hidden.shape[1] > 1 else hidden
+    if args:
+        return (new_hidden, *args[1:]), kwargs
+    kwargs["hidden_states"] = new_hidden
+    return args, kwargs
+
+
 def _eager_for(module) -> Callable:
     """The ``eager_attention_forward`` of the module's own modeling file (eager is not in the global registry)."""
     fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
@@ -266,6 +330,8 @@ def prune(
     layer: int,
     select: SelectFn | None = None,
     keep: torch.Tensor | None = None,
+    record: bool = False,
+    replay: Prefix | None = None,
 ) -> Iterator[PruneState]:
     """Prune visual tokens inside ``model`` at decoder layer ``layer`` for the forwards run inside the block.
 
@@ -276,6 +342,8 @@ def prune(
         select: ``fn(PruneInputs) -> indices`` called once at layer K of the prefill.
         keep: precomputed indices into the N candidates ("fixed indices" mode); exclusive with ``select``.
             With neither, nothing is pruned and the state only records attention / hidden / keys ("observe").
+        record: keep what layers < K computed in ``state.prefix`` (a :class:`Prefix`).
+        replay: a :class:`Prefix` of the *same prompt*: layers < K are not recomputed (see :class:`Prefix`).
 
     Yields:
         The :class:`PruneState`, filled during the first (prefill) forward inside the block.
@@ -295,7 +363,7 @@ def prune(
     if select is not None and keep is not None:
         raise ValueError("give either select or keep, not both")
     fixed = None if keep is None else torch.as_tensor(keep, dtype=torch.long).flatten()
-    state = PruneState(layer=layer, tokens=tokens, select_fn=select, fixed=fixed)
+    state = PruneState(layer=layer, tokens=tokens, select_fn=select, fixed=fixed, record=record, replay=replay)
 
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
@@ -312,6 +380,7 @@ def prune(
         inner = _eager_for(module) if inner_name == "eager" else ALL_ATTENTION_FUNCTIONS[inner_name]
         if (
             getattr(module, "layer_idx", None) == layer - 1
+            and state.replay is None
             and state.prefill_length is None
             and not state.inactive
             and query.shape[-2] == key_states.shape[-2]  # prefill from an empty cache
@@ -332,6 +401,8 @@ def prune(
             if idx == layer:
                 cache = kwargs.get("past_key_values")
                 past = cache.get_seq_length(layer) if cache is not None else 0
+                if past == 0 and state.prefill_length is None and not state.inactive:
+                    hidden = state.enter_layer_k(hidden, cache)
                 state.begin_forward(hidden, past)
             if state._plan is None:
                 return None
@@ -344,6 +415,18 @@ def prune(
             return args, new_kwargs
 
         return pre_hook
+
+    def make_replay_hook(idx: int):
+        """Layers < K of a replayed prefill see only the last token (a cheap stand-in, discarded at layer K)."""
+
+        def replay_hook(module, args, kwargs):
+            cache = kwargs.get("past_key_values")
+            if state.prefill_length is not None or (cache is not None and cache.get_seq_length(idx) > 0):
+                return None  # decode steps / continuations: layers < K run normally on their (restored) cache
+            hidden = args[0] if args else kwargs["hidden_states"]
+            return _last_token_only(hidden, args, kwargs)
+
+        return replay_hook
 
     def top_pre_hook(module, args, kwargs):
         for name in ("input_ids", "inputs_embeds"):
@@ -360,7 +443,7 @@ def prune(
     def top_hook(module, args, kwargs, output):
         if state.prefill_seconds is None and state._t0 is not None:
             _sync(model)
-            state.prefill_seconds = time.perf_counter() - state._t0
+            state.prefill_seconds = time.perf_counter() - state._t0 + (replay.seconds if replay is not None else 0.0)
 
     handles = []
     registered = False
@@ -374,6 +457,9 @@ def prune(
         k_proj = getattr(getattr(layers[layer - 1], "self_attn", None), "k_proj", None)
         if k_proj is not None:
             handles.append(k_proj.register_forward_hook(keys_hook))
+        if replay is not None:
+            for idx in range(layer):
+                handles.append(layers[idx].register_forward_pre_hook(make_replay_hook(idx), with_kwargs=True))
         for idx in range(layer, num_layers):
             handles.append(layers[idx].register_forward_pre_hook(make_pre_hook(idx), with_kwargs=True))
         yield state
