@@ -48,6 +48,9 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_name
 
 import d2pruner
 from d2pruner.adapters import PruneInputs, adapter_for, prune
@@ -475,16 +478,6 @@ def summarise(bench: ShapeBench, configs: list[Config], runs: dict[Config, list[
             row["select_pct"] = 100 * row["select_ms"] / row["prefill_ms"]
             row["extrapolated_select_pct"] = 100 * row["select_ms"] / row["extrapolated_prefill_ms"]
     return rows
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_gflops(arch: ModelArch, dtype: torch.dtype, device: torch.device, tokens: int = 1024) -> float:

@@ -11,7 +11,6 @@ interleaved (one run of every method per repetition) so that load on a shared ma
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import cpu_name
 
 import d2pruner
 
@@ -98,16 +100,6 @@ def bench_size(grid: tuple[int, int], args: argparse.Namespace) -> list[tuple[st
     edges = d2pruner.hybrid_graph(case["hidden"], grid).edges.shape[0]
     print(f"  grid {grid}: N = {grid[0] * grid[1]}, n = {n}, hybrid-graph edges = {edges}")
     return [(name, statistics.median(values)) for name, values in times.items()]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_line(args: argparse.Namespace) -> str:
