@@ -152,6 +152,17 @@ _CLIP = dict(
 _NEXT_PINPOINTS = [[64, 128], [128, 64], [128, 128]]
 
 
+def _llava_processor_args() -> dict:
+    """What LlavaProcessor and LlavaNextProcessor share here: the offline tokenizer and patch geometry."""
+    return dict(
+        tokenizer=tiny_tokenizer(LLAVA_CHAT_TEMPLATE),
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+
+
 def _build_llava(attn: str):
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
@@ -168,14 +179,7 @@ def _build_llava(attn: str):
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, do_center_crop=True
     )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tiny_tokenizer(LLAVA_CHAT_TEMPLATE),
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        chat_template=LLAVA_CHAT_TEMPLATE,
-        num_additional_image_tokens=1,
-    )
+    processor = LlavaProcessor(image_processor=image_processor, **_llava_processor_args())
     return model, processor
 
 
@@ -203,14 +207,7 @@ def _build_llava_next(attn: str):
         crop_size={"height": 64, "width": 64},
         image_grid_pinpoints=_NEXT_PINPOINTS,
     )
-    processor = LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=tiny_tokenizer(LLAVA_CHAT_TEMPLATE),
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        chat_template=LLAVA_CHAT_TEMPLATE,
-        num_additional_image_tokens=1,
-    )
+    processor = LlavaNextProcessor(image_processor=image_processor, **_llava_processor_args())
     return model, processor
 
 

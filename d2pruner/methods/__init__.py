@@ -14,6 +14,7 @@ from d2pruner.methods.divprune import DivPrune
 from d2pruner.methods.fastv import FastV
 from d2pruner.methods.mmr import MMR
 from d2pruner.ops import Grid, all_finite, as_grids
+from d2pruner.priors import check_map
 
 METHODS: dict[str, type[Method]] = {
     method.name: method for method in (FastV, DART, DivPrune, MMR, D2Pruner, DebiasedImportance, D2PrunerSemanticOnly)
@@ -161,11 +162,5 @@ def _check_priors(
     if len(priors) != len(grids):
         raise ValueError(f"got {len(priors)} priors for {len(grids)} grids; pass one prior or one per grid")
     for item in priors:
-        if not isinstance(item, torch.Tensor) or item.ndim != 2 or min(item.shape) < 1:
-            shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
-            raise ValueError(f"prior must be a non-empty 2-D tensor [h', w']; got {shape}")
-        if not item.is_floating_point() or not all_finite(item):
-            raise ValueError("prior must be a floating tensor with finite values (no NaN or inf)")
-        if bool((item < 0).any()):
-            raise ValueError("prior must be non-negative (it is a mean attention map)")
+        check_map(item, "prior")
     return tuple(priors)

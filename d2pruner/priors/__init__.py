@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from d2pruner.ops import all_finite
+
 FORMAT = "d2pruner-prior/1"
 KINDS = ("natural", "content-free")
 _METADATA_KEY = "d2pruner_prior"
@@ -102,7 +104,7 @@ def check_map(values: object, what: str = "prior") -> None:
     if not isinstance(values, torch.Tensor) or values.ndim != 2 or min(values.shape) < 1:
         shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
         raise ValueError(f"{what} must be a non-empty 2-D tensor [h, w]; got {shape}")
-    if not values.is_floating_point() or not bool(torch.isfinite(values).all()):
+    if not values.is_floating_point() or not all_finite(values):
         raise ValueError(f"{what} must hold finite floating-point values (no NaN or inf)")
     if bool((values < 0).any()):
         raise ValueError(f"{what} must be non-negative (it is a mean attention map)")
@@ -329,4 +331,3 @@ def uniform_prior(grids: Mapping[str, tuple[int, int]], *, model_id: str, layer:
     """A flat prior (every position equal): relative attention then ranks exactly as raw attention."""
     maps = {role: torch.full((h, w), 1.0 / (h * w)) for role, (h, w) in grids.items()}
     return Prior(maps=maps, model_id=model_id, layer=layer, source="uniform (no calibrated prior)")
-
