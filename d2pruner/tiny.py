@@ -63,6 +63,28 @@ LLAVA_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
+#: the Qwen2.5-VL chat template for one image and text (same output as the checkpoints' template)
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+#: the InternVL3-hf chat template for one image and text (the processor expands ``<image>``)
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 
 @dataclass
 class TinyModel:
@@ -239,7 +261,7 @@ def _build_qwen2_5_vl(attn: str):
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 24
     )
-    return model, ProcessorParts(tiny_tokenizer(), image_processor)
+    return model, ProcessorParts(tiny_tokenizer(QWEN_CHAT_TEMPLATE), image_processor)
 
 
 def _build_internvl(attn: str):
@@ -266,7 +288,7 @@ def _build_internvl(attn: str):
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": 64, "width": 64}, crop_to_patches=True, min_patches=1, max_patches=4
     )
-    return model, ProcessorParts(tiny_tokenizer(), image_processor)
+    return model, ProcessorParts(tiny_tokenizer(INTERNVL_CHAT_TEMPLATE), image_processor)
 
 
 def _instantiate(cls, config, attn: str):

@@ -69,3 +69,19 @@ def session_priors(tmp_path_factory):
 def tiny_analyzers(session_priors) -> _AnalyzerCache:
     """``tiny_analyzers.get(name)`` → an :class:`d2pruner.analyzer.Analyzer`, loaded once per session."""
     return _AnalyzerCache(session_priors)
+
+
+def cache_of(output):
+    """The KV cache of a model output (``cache`` since transformers 5.24, ``past_key_values`` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+def cache_argument(cache) -> dict:
+    """The keyword this transformers release's forward takes the cache under (``cache`` from 5.24)."""
+    import inspect
+
+    from transformers import LlamaModel
+
+    name = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+    return {name: cache}

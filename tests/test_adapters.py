@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILY_NAMES
+from conftest import FAMILY_NAMES, cache_argument, cache_of
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
@@ -119,7 +119,7 @@ def test_pruned_prefill_matches_hand_reference(tiny_models, test_image, name, at
     assert state.num_kept == n
     assert torch.equal(state.keep_positions.cpu(), keep)
     # the cache holds every token below K and the kept ones from K on
-    cache = out.past_key_values
+    cache = cache_of(out)
     assert cache.get_seq_length(k - 1) == tokens.seq_len
     assert cache.get_seq_length(k) == keep.numel() == tokens.seq_len - tokens.num_candidates + n
     embeds, pos = _lm_inputs(model, adapter, inputs)
@@ -224,10 +224,10 @@ def test_continuation_from_existing_cache_is_not_pruned(tiny_models, test_image,
     with torch.no_grad():
         first = model(**inputs, use_cache=True)
         mask = torch.ones(1, tokens.seq_len + 1, dtype=torch.long)
-        ref = model(input_ids=nxt, attention_mask=mask, past_key_values=first.past_key_values).logits
+        ref = model(input_ids=nxt, attention_mask=mask, **cache_argument(cache_of(first))).logits
         again = model(**inputs, use_cache=True)
         with prune(model, tokens, layer=1, keep=torch.tensor([0])) as state:
-            out = model(input_ids=nxt, attention_mask=mask, past_key_values=again.past_key_values).logits
+            out = model(input_ids=nxt, attention_mask=mask, **cache_argument(cache_of(again))).logits
     assert state.inactive and state.kept is None
     assert torch.allclose(out, ref, atol=1e-6)
 

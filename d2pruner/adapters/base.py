@@ -40,6 +40,31 @@ from d2pruner.ops import GridView
 
 _COUNTER = itertools.count()
 
+#: every name under which a supported transformers release passes the KV cache to the decoder and its layers
+#: (5.23: ``past_key_values``; 5.24 renamed it ``cache`` and keeps the old name as a deprecated alias)
+CACHE_ARGUMENT_NAMES = ("cache", "past_key_values", "past_key_value")
+
+
+def find_cache(args: tuple, kwargs: dict):
+    """The ``transformers`` Cache object of one call, whatever its argument is called (None if there is none).
+
+    Known names are looked at first, then every argument by type — a renamed argument is still found."""
+    from transformers.cache_utils import Cache
+
+    for name in CACHE_ARGUMENT_NAMES:
+        if isinstance(kwargs.get(name), Cache):
+            return kwargs[name]
+    for value in (*kwargs.values(), *args):
+        if isinstance(value, Cache):
+            return value
+    return None
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
 
 @dataclass
 class ProcessorParts:
@@ -151,6 +176,8 @@ class PruneState:
     replay: Prefix | None = None
     prefix: Prefix | None = None  # filled during the prefill when ``record``
     _plan: tuple[torch.Tensor | None, torch.Tensor | None] | None = field(default=None, repr=False)
+    _call_past: int = field(default=0, repr=False)  # cached tokens when the current decoder call started
+    _call_cache: Any = field(default=None, repr=False)  # the current decoder call's Cache object, if any
     _keys_full: torch.Tensor | None = field(default=None, repr=False)
     _t0: float | None = field(default=None, repr=False)
 
@@ -177,6 +204,32 @@ class PruneState:
             scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
         self.attention_row = torch.softmax(scores, dim=-1).mean(0)
 
+    # -- called from the decoder's pre-hook, once per forward -------------------------------------------------
+    def begin_call(self, cache) -> None:
+        """Start one decoder forward: remember its cache and how many tokens it already holds.
+
+        Prefill vs continuation is decided here, from the Cache object itself (found by type, not by argument
+        name) and from this state — never from which keyword a decoder layer happens to receive."""
+        past = int(cache.get_seq_length()) if cache is not None else 0
+        if (
+            past
+            and self.replay is not None
+            and self.prefill_length is not None
+            and not self.inactive
+            and past < self.prefill_length
+        ):
+            raise RuntimeError(
+                f"the cache holds {past} tokens after a replayed prefill of {self.prefill_length}: the decoder layers "
+                f"did not receive the cache under any known name ({', '.join(CACHE_ARGUMENT_NAMES)}) — transformers "
+                f"{transformers_version()} is outside the range d2pruner supports"
+            )
+        self._call_past, self._call_cache = past, cache
+
+    @property
+    def in_prefill(self) -> bool:
+        """True while the first forward from an empty cache runs (the one that is pruned)."""
+        return self.prefill_length is None and not self.inactive and self._call_past == 0
+
     # -- called from the layer-K pre-hook ------------------------------------------------------------------
     def enter_layer_k(self, hidden: torch.Tensor, cache) -> torch.Tensor:
         """At layer K of the prefill: record the prefix, or put a replayed one back. Returns the hidden states
@@ -198,8 +251,9 @@ class PruneState:
             self.prefix = Prefix(hidden.detach().clone(), self.attention_row, self._keys_full, kv, seconds)
         return hidden
 
-    def begin_forward(self, hidden: torch.Tensor, past_len_at_k: int) -> None:
+    def begin_forward(self, hidden: torch.Tensor) -> None:
         """Decide what layers ≥ K do in this forward: prune the prefill once, map later forwards' columns."""
+        past_len_at_k = self._call_past
         if hidden.shape[0] != 1:
             raise ValueError(f"pruning supports batch size 1 only, got a batch of {hidden.shape[0]}")
         self._plan = None
@@ -399,11 +453,9 @@ def prune(
         def pre_hook(module, args, kwargs):
             hidden = args[0] if args else kwargs.get("hidden_states")
             if idx == layer:
-                cache = kwargs.get("past_key_values")
-                past = cache.get_seq_length(layer) if cache is not None else 0
-                if past == 0 and state.prefill_length is None and not state.inactive:
-                    hidden = state.enter_layer_k(hidden, cache)
-                state.begin_forward(hidden, past)
+                if state.in_prefill:
+                    hidden = state.enter_layer_k(hidden, state._call_cache or find_cache(args, kwargs))
+                state.begin_forward(hidden)
             if state._plan is None:
                 return None
             new_hidden, new_kwargs = state.slice_inputs(hidden if idx == layer else None, kwargs)
@@ -420,8 +472,7 @@ def prune(
         """Layers < K of a replayed prefill see only the last token (a cheap stand-in, discarded at layer K)."""
 
         def replay_hook(module, args, kwargs):
-            cache = kwargs.get("past_key_values")
-            if state.prefill_length is not None or (cache is not None and cache.get_seq_length(idx) > 0):
+            if not state.in_prefill:
                 return None  # decode steps / continuations: layers < K run normally on their (restored) cache
             hidden = args[0] if args else kwargs["hidden_states"]
             return _last_token_only(hidden, args, kwargs)
@@ -440,6 +491,10 @@ def prune(
             state._t0 = time.perf_counter()
         return None
 
+    def decoder_pre_hook(module, args, kwargs):
+        state.begin_call(find_cache(args, kwargs))
+        return None
+
     def top_hook(module, args, kwargs, output):
         if state.prefill_seconds is None and state._t0 is not None:
             _sync(model)
@@ -454,6 +509,7 @@ def prune(
         config._attn_implementation = key
         handles.append(model.register_forward_pre_hook(top_pre_hook, with_kwargs=True))
         handles.append(model.register_forward_hook(top_hook, with_kwargs=True))
+        handles.append(lm.register_forward_pre_hook(decoder_pre_hook, with_kwargs=True))
         k_proj = getattr(getattr(layers[layer - 1], "self_attn", None), "k_proj", None)
         if k_proj is not None:
             handles.append(k_proj.register_forward_hook(keys_hook))
@@ -472,6 +528,7 @@ def prune(
             AttentionMaskInterface._global_mapping.pop(key, None)
         state._keys_full = None
         state._plan = None
+        state._call_cache = None
 
 
 class _EarlyExit(Exception):
