@@ -14,6 +14,7 @@ calibration (python -m d2pruner.priors), viz (plotly figures from result arrays;
 
 from d2pruner.adapters import PruneInputs, PruneState, VisualTokens, adapter_for, prune
 from d2pruner.analyzer import AnalysisResult, Analyzer, GridView, MethodResult, Observation, keep_count, load, to_rgb
+from d2pruner.compat import TESTED_RANGES, UntestedVersionWarning, warn_if_untested
 from d2pruner.efficiency import (
     ARCHITECTURES,
     EfficiencyReport,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ARCHITECTURES",
     "METHODS",
+    "TESTED_RANGES",
     "TINY_NAMES",
     "AnalysisResult",
     "Analyzer",
@@ -47,6 +49,7 @@ __all__ = [
     "Prior",
     "PruneInputs",
     "PruneState",
+    "UntestedVersionWarning",
     "VisualTokens",
     "__version__",
     "adapter_for",
@@ -70,3 +73,5 @@ __all__ = [
     "spatial_adjacency",
     "to_rgb",
 ]
+
+warn_if_untested()

@@ -368,3 +368,62 @@ def test_replayed_prefix_equals_recomputing_layers_below_k(tiny_models, test_ima
     assert torch.equal(replayed.keep_positions, full.keep_positions)
     assert seen[:k] == [(i, 1) for i in range(k)]  # the prefill ran layers < K on one token only
     assert replayed.prefill_seconds >= prefix.seconds
+
+
+def test_cache_is_found_by_type_under_any_name():
+    from transformers import DynamicCache
+
+    from d2pruner.adapters.base import find_cache
+
+    cache = DynamicCache()
+    assert find_cache((), {"cache": cache}) is cache
+    assert find_cache((), {"past_key_values": cache}) is cache
+    assert find_cache((), {"kv_store_renamed_in_a_future_release": cache, "use_cache": True}) is cache
+    assert find_cache((torch.zeros(1), cache), {}) is cache
+    assert find_cache((), {"past_key_values": None, "use_cache": True}) is None
+
+
+def test_decoding_generates_identically_whatever_the_cache_keyword(tiny_models, test_image, monkeypatch):
+    """generate() under prune decodes from the cache; the decision never reads a keyword, so a decoder that receives
+    the cache under another name (simulated: every known name hidden, found by type only) behaves the same."""
+    import d2pruner.adapters.base as base
+
+    model, _, inputs, tokens = _setup(tiny_models, "tiny-llava", "sdpa", test_image)
+    keep = torch.arange(0, tokens.num_candidates, 3)
+    with torch.no_grad(), prune(model, tokens, layer=2, keep=keep):
+        ref = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    monkeypatch.setattr(base, "CACHE_ARGUMENT_NAMES", ("no_such_name",))
+    with torch.no_grad(), prune(model, tokens, layer=2, keep=keep):
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert torch.equal(out, ref)
+
+
+def test_a_cache_that_cannot_be_found_fails_loudly(tiny_models, test_image, monkeypatch):
+    """If a future release hid the cache completely, decoding must fail with a clear error, not run wrong."""
+    import transformers
+
+    import d2pruner.adapters.base as base
+
+    model, _, inputs, tokens = _setup(tiny_models, "tiny-llava", "sdpa", test_image)
+    monkeypatch.setattr(base, "find_cache", lambda args, kwargs: None)
+    with (
+        pytest.raises(RuntimeError, match=rf"no cache .*transformers {transformers.__version__}"),
+        torch.no_grad(),
+        prune(model, tokens, layer=2, keep=torch.arange(4)),
+    ):
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+
+
+def test_a_replayed_prefill_whose_cache_was_not_restored_fails_loudly():
+    from transformers import DynamicCache
+
+    from d2pruner.adapters.base import PruneState, VisualTokens
+    from d2pruner.ops import GridView
+
+    tokens = VisualTokens(torch.arange(4), [GridView("image", 2, 2, 0)], torch.zeros(0, dtype=torch.long), 10)
+    state = PruneState(layer=1, tokens=tokens, fixed=torch.arange(2), replay=object())
+    state.prefill_length = 10
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2), 0)  # one (dummy) token where 10 belong
+    with pytest.raises(RuntimeError, match="replayed prefill"):
+        state.begin_call(cache)

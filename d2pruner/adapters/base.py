@@ -270,6 +270,13 @@ class PruneState:
         if self.inactive or self.keep_positions is None:
             return
         if past_len_at_k == 0:  # a full forward again (no cache): same kept prefix, new tokens kept
+            if hidden.shape[1] < self.prefill_length:
+                raise RuntimeError(
+                    f"a forward of {hidden.shape[1]} new token(s) after a prefill of {self.prefill_length} came "
+                    f"with no cache that d2pruner could find (looked for {', '.join(CACHE_ARGUMENT_NAMES)} and "
+                    f"any Cache argument): transformers {transformers_version()} passes the cache in a way "
+                    "this d2pruner release does not know"
+                )
             rows = self._extend(hidden.shape[1])
             self._plan = (rows, rows)
         else:  # decode / continuation: all new queries kept, key columns mapped
