@@ -52,7 +52,7 @@ except ImportError:  # anywhere else: a no-op
 
 
 import d2pruner
-from d2pruner import viz
+from d2pruner import resources, viz
 
 log = logging.getLogger("d2pruner.app")
 
@@ -60,7 +60,7 @@ log = logging.getLogger("d2pruner.app")
 # Constants.
 
 ROOT = Path(__file__).resolve().parent
-EXAMPLES_DIR = ROOT / "assets" / "examples"
+EXAMPLES_DIR = resources.EXAMPLES_DIR
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 MODEL_CHOICES = [*d2pruner.ARCHITECTURES, *d2pruner.TINY_NAMES]
 #: the methods offered (d2pruner-nospatial is left out: analyze() would route the α slider to it as well)

@@ -49,14 +49,15 @@ from d2pruner.adapters import (
 )
 from d2pruner.ops import GridView
 from d2pruner.priors import Prior
+from d2pruner.resources import BUNDLED_PRIORS_DIR
 from d2pruner.tiny import TINY_NAMES, build_tiny
 
 #: ``progress(done, total, message)``
 Progress = Callable[[int, int, str], None]
 #: what ``analyze(prior=...)`` accepts
 PriorArg = str | Prior | torch.Tensor | Sequence[torch.Tensor] | None
-#: the repository's bundled priors (writable in a checkout; read-only on a Space)
-BUNDLED_PRIORS = Path(__file__).resolve().parents[1] / "priors"
+#: the bundled priors (writable in a checkout; read-only on a Space or an installed copy)
+BUNDLED_PRIORS = BUNDLED_PRIORS_DIR
 
 
 def user_prior_dir() -> Path:

@@ -35,10 +35,11 @@ import torch
 
 from d2pruner.layout import tile_arrangement
 from d2pruner.priors import KINDS, Prior, grid_role, is_dynamic, resize_keeping_mass, tile_mosaic
+from d2pruner.resources import CALIBRATION_DIR
 
 DEFAULT_PROMPT = "Please describe the provided image."
 DEFAULT_CANONICAL = (24, 24)
-BUNDLED_IMAGES = Path(__file__).resolve().parents[1] / "assets" / "calibration"
+BUNDLED_IMAGES = CALIBRATION_DIR
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: size of the generated content-free images (a common 4:3 photo shape)
 CONTENT_FREE_SIZE = (640, 480)

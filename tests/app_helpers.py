@@ -15,8 +15,10 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from d2pruner.resources import EXAMPLES_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "assets" / "examples"
+EXAMPLES = EXAMPLES_DIR
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 import app as lab_app
 from d2pruner import viz
+from d2pruner.resources import BUNDLED_PRIORS_DIR
 
 ALL = list(lab_app.METHODS)
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")  # gr.Warning outside a request
@@ -31,7 +32,7 @@ class Labs:
     def __init__(self, root: Path):
         self.root = root
         self._labs: dict[str, lab_app.LabApp] = {}
-        shutil.copytree(ROOT / "priors", root / "priors", ignore=shutil.ignore_patterns("*.md"))
+        shutil.copytree(BUNDLED_PRIORS_DIR, root / "priors", ignore=shutil.ignore_patterns("*.md"))
 
     def get(self, name: str) -> lab_app.LabApp:
         if name not in self._labs:
