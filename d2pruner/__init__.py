@@ -28,6 +28,7 @@ from d2pruner.efficiency import (
 from d2pruner.graph import HybridGraph, hybrid_graph, spatial_adjacency
 from d2pruner.grounding import box_iou
 from d2pruner.methods import METHODS, build_method, relative_attention, select
+from d2pruner.presets import paper_settings
 from d2pruner.priors import Prior, load_prior, resize_prior, save_prior
 from d2pruner.tiny import TINY_NAMES, build_tiny
 
@@ -64,6 +65,7 @@ __all__ = [
     "kv_cache_bytes",
     "load",
     "load_prior",
+    "paper_settings",
     "prefill_flops",
     "prune",
     "relative_attention",
