@@ -13,7 +13,17 @@ calibration (python -m d2pruner.priors), viz (plotly figures from result arrays;
 """
 
 from d2pruner.adapters import PruneInputs, PruneState, VisualTokens, adapter_for, prune
-from d2pruner.analyzer import AnalysisResult, Analyzer, GridView, MethodResult, Observation, keep_count, load, to_rgb
+from d2pruner.analyzer import (
+    AnalysisResult,
+    Analyzer,
+    Generation,
+    GridView,
+    MethodResult,
+    Observation,
+    keep_count,
+    load,
+    to_rgb,
+)
 from d2pruner.compat import TESTED_RANGES, UntestedVersionWarning, warn_if_untested
 from d2pruner.efficiency import (
     ARCHITECTURES,
@@ -42,6 +52,7 @@ __all__ = [
     "AnalysisResult",
     "Analyzer",
     "EfficiencyReport",
+    "Generation",
     "GridView",
     "HybridGraph",
     "MethodResult",

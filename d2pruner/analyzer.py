@@ -160,6 +160,30 @@ class AnalysisResult:
 
 
 @dataclass
+class Generation:
+    """One answer of :meth:`Analyzer.generate` (a pruned or unpruned generation for one image and prompt).
+
+    Attributes:
+        answer: the generated text.
+        box: grounding mode: the answer's box in original-image pixels (x1, y1, x2, y2), None if none parsed.
+        box_normalized: the same box in [0, 1] of the original image's width and height.
+        num_kept: visual tokens kept (None: unpruned); ``num_candidates`` N.
+        question: the text sent to the model (the family's grounding prompt applied in grounding mode).
+        settings: the method, layer K and hyperparameters used.
+        notes: remarks (image resized, newline tokens, …).
+    """
+
+    answer: str
+    box: tuple[float, float, float, float] | None
+    box_normalized: tuple[float, float, float, float] | None
+    num_kept: int | None
+    num_candidates: int
+    question: str
+    settings: dict
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Observation:
     """Layer-(K−1) attention of one (image, prompt), computed with early exit (see :meth:`Analyzer.observe`).
 
@@ -599,6 +623,96 @@ class Analyzer:
             methods=results,
             notes=notes,
         )
+
+    def generate(
+        self,
+        images: Sequence,
+        prompts: Sequence[str],
+        *,
+        method: str | None = None,
+        keep_ratio: float | None = None,
+        keep: int | None = None,
+        layer: int | None = None,
+        preset: str | None = None,
+        grounding: bool = False,
+        max_new_tokens: int = 32,
+        prior: PriorArg = "auto",
+        **method_params,
+    ) -> list[Generation]:
+        """Answers for several (image, prompt) pairs with one method (or unpruned) — the evaluation entry point.
+
+        Arguments:
+            images, prompts: equally long sequences (an image as for :meth:`analyze`; a prompt string each).
+            method: a name from ``d2pruner.METHODS``, or None for the unpruned model (same code path: the
+                hooks run in observe mode).
+            keep_ratio / keep: the budget, one of them (with a method): a fraction of the N candidates in
+                (0, 1] (n = max(1, round(r · N))) or a count n ≥ 1 (capped at N).
+            layer: K (default: the preset's, else 2).
+            preset: ``"understanding"`` or ``"localization"``: the paper's K, α, θ, r_pivot
+                (:func:`d2pruner.paper_settings`) wherever ``layer`` / ``method_params`` do not set them.
+            grounding: apply the family's grounding prompt to each prompt (a referring expression) and parse
+                the answer's box into original pixels and [0, 1].
+            max_new_tokens, prior: as for :meth:`analyze`.
+            **method_params: the method's hyperparameters.
+
+        Returns:
+            One :class:`Generation` per pair, in order.
+        """
+        from d2pruner.methods import METHODS, method_parameters
+        from d2pruner.methods import select as select_tokens
+        from d2pruner.presets import paper_settings
+
+        images, prompts = list(images), list(prompts)
+        if not images or len(images) != len(prompts):
+            raise ValueError(f"images and prompts must be equally long and non-empty; got {len(images)} and "
+                             f"{len(prompts)}")
+        settings: dict = {}
+        if preset is not None:
+            settings = paper_settings(preset, self.family)
+        layer = self._check_layer(settings.get("layer", 2) if layer is None else layer)
+        if method is None:
+            if keep_ratio is not None or keep is not None or method_params:
+                raise ValueError("keep_ratio, keep and method parameters need a method (method=None is unpruned)")
+            params: dict = {}
+        else:
+            (method,) = _check_methods(method)
+            if (keep_ratio is None) == (keep is None):
+                raise ValueError("give exactly one of keep_ratio (a fraction in (0, 1]) and keep (a count >= 1)")
+            if keep_ratio is not None:
+                keep_count(keep_ratio, 1)
+            elif isinstance(keep, bool) or not isinstance(keep, numbers.Integral) or keep < 1:
+                raise ValueError(f"keep must be an integer >= 1 (visual tokens to keep), got {keep!r}")
+            takes = method_parameters(METHODS[method])
+            params = {k: v for k, v in settings.items() if k in takes}
+            params.update(_method_params((method,), method_params)[method])
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        used = {"method": method, "layer": layer, "preset": preset, **params}
+        out = []
+        for image, prompt in zip(images, prompts, strict=True):
+            request = self._prepare(image, prompt, grounding=grounding)
+            tokens, notes = request.tokens, list(request.notes)
+            num = tokens.num_candidates
+            select_fn = None
+            if method is not None:
+                n = keep_count(keep_ratio, num) if keep_ratio is not None else min(int(keep), num)
+                priors, _ = self._prior_maps(prior, layer, request, None, notes)
+                shapes = tokens.grid_shapes
+                grid = shapes[0] if len(shapes) == 1 else shapes
+
+                def select_fn(inputs, n=n, priors=priors, grid=grid):
+                    return select_tokens(method, n=n, hidden=inputs.hidden, attention=inputs.attention, grid=grid,
+                                         prior=priors, keys=inputs.keys, **params)
+
+            text_inputs = dict(request.inputs)
+            with torch.inference_mode(), prune(self.model, tokens, layer=layer, select=select_fn) as state:
+                ids = self.model.generate(**text_inputs, **self._generation_kwargs(max_new_tokens))
+            answer = self._decode(ids, tokens.seq_len)
+            box = request.box(answer) if grounding else None
+            width, height = request.original_size
+            normalized = None if box is None else (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
+            out.append(Generation(answer, box, normalized, state.num_kept, num, request.question, used, notes))
+        return out
 
     def observe(self, image, prompt: str, *, layer: int = 2) -> Observation:
         """The layer-(K−1) attention of one (image, prompt), with early exit: only the vision tower and the
