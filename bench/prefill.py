@@ -10,7 +10,7 @@ The inputs come from the real processors (``LlavaProcessor`` / ``LlavaNextProces
 settings and an offline byte-level tokenizer): LLaVA-1.5 gets 576 visual tokens; LLaVA-NeXT gets a 672x672 image
 -> base 24x24 + high-res 48x48 grid = 2880 candidates, plus 48 newline tokens that are never pruned.
 
-Pruning goes through the package's own ``d2pruner.adapters.prune(model, tokens, layer=K, select=fn)``: the
+Pruning goes through the package's own ``d2pruner.prune(model, tokens, layer=K, select=fn)``: the
 method's selection runs inside the prefill at layer K, so the prefill time includes it.
 
 What is measured (one run = one greedy ``generate`` of 1 + decode-steps tokens, batch 1, sdpa attention):
@@ -53,8 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name
 
 import d2pruner
-from d2pruner.adapters import PruneInputs, adapter_for, prune
 from d2pruner.efficiency import ARCHITECTURES, ModelArch, efficiency_report
+from d2pruner.families import family_for
+from d2pruner.pruning import PruneInputs, prune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_METHODS = ("fastv", "dart", "divprune", "mmr", "d2pruner")
@@ -237,7 +238,8 @@ def build_processor(shape: Shape):
         LlavaProcessor,
     )
 
-    from d2pruner.tiny import LLAVA_CHAT_TEMPLATE, tiny_tokenizer
+    from d2pruner.families.llava import CHAT_TEMPLATE as LLAVA_CHAT_TEMPLATE
+    from d2pruner.families.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(LLAVA_CHAT_TEMPLATE)
     common = dict(tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
@@ -255,10 +257,10 @@ def smooth_image(size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(coarse).resize(size, Image.BILINEAR)
 
 
-def prompt_for(adapter, processor, text_tokens: int) -> str:
+def prompt_for(family, processor, text_tokens: int) -> str:
     """A prompt whose chat text holds exactly ``text_tokens`` tokens besides the image placeholder."""
-    tokenizer = adapter.tokenizer(processor)
-    overhead = len(tokenizer(adapter.chat_text(processor, ""))["input_ids"]) - 1  # minus the <image> placeholder
+    tokenizer = family.tokenizer(processor)
+    overhead = len(tokenizer(family.chat_text(processor, ""))["input_ids"]) - 1  # minus the <image> placeholder
     if text_tokens <= overhead:
         raise ValueError(f"--text-tokens must exceed the chat template's {overhead} tokens, got {text_tokens}")
     need = text_tokens - overhead
@@ -358,26 +360,27 @@ class ShapeBench:
         start = time.perf_counter()
         self.model = build_model(shape, self.arch, tokenizer.convert_tokens_to_ids("<image>"), device, dtype)
         self.build_seconds = time.perf_counter() - start
-        self.adapter = adapter_for(self.model)
-        prompt = prompt_for(self.adapter, processor, args.text_tokens)
-        inputs = self.adapter.build_inputs(self.model, processor, smooth_image(shape.image_size), prompt)
+        self.family = family_for(self.model)
+        prompt = prompt_for(self.family, processor, args.text_tokens)
+        image = smooth_image(shape.image_size)
+        inputs = self.family.build_inputs(self.model, processor, image, prompt)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        self.tokens = self.adapter.visual_tokens(self.model, inputs)
+        self.tokens = self.family.tokens_for(self.model, processor, image.size, inputs)
         self.num_visual = self.tokens.num_candidates
         self.num_protected = int(self.tokens.protected.numel())
         self.num_text = self.tokens.seq_len - self.num_visual - self.num_protected
         if self.num_text != args.text_tokens:
             raise RuntimeError(f"built {self.num_text} text tokens, expected {args.text_tokens}")
         with torch.inference_mode():
-            self.encoded = self.adapter.encode_image(self.model, inputs)
+            self.encoded = self.family.encode_image(self.model, inputs)
         self.text_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
         gen = torch.Generator().manual_seed(1)
         self.prior = (torch.rand(24, 24, generator=gen) + 0.5).to(device)  # stands in for a calibrated prior
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def keep_count(self, ratio: fractions.Fraction) -> int:
-        from d2pruner.analyzer import keep_count
+        from d2pruner.analysis import keep_count
 
         return keep_count(float(ratio), self.num_visual)
 
@@ -394,7 +397,7 @@ class ShapeBench:
             n = self.keep_count(config.ratio)
             pruning = prune(self.model, self.tokens, layer=self.args.prune_layer,
                             select=self._selector(config.method, n, select_times))
-        layers = self.adapter.language_model(self.model).layers
+        layers = self.family.language_model(self.model).layers
         per_layer = not memory and len(layers) < ARCHITECTURES[self.shape.arch].num_layers  # for extrapolation only
         mem_ctx = peak_memory(self.device) if memory else contextlib.nullcontext({})
         with (
@@ -513,7 +516,7 @@ def render(meta: dict, rows: list[dict]) -> str:
         f"random weights; real `LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration` classes. "
         f"{meta['text_tokens']} text tokens, {meta['decode_steps']} decode steps, median of {meta['runs']} "
         f"interleaved runs. Vision tower: real geometry (336 px, patch 14), narrow (hidden 64, 2 layers), run once "
-        f"outside the timed region (`mm_encoder_outputs`). Pruning through `d2pruner.adapters.prune(select=...)`.",
+        f"outside the timed region (`mm_encoder_outputs`). Pruning through `d2pruner.prune(select=...)`.",
         "",
         "Columns: *prefill* = first forward of `generate` (selection included), median; *min* = fastest run "
         "(a noise check: interference only adds time); *× FLOPs @nL* = analytic FLOPs "

@@ -1,51 +1,53 @@
 """D²Pruner lab: visual-token pruning inside multimodal LLMs, and tools to see why methods keep what they keep.
 
 Public API:
-    load(name, device=None, dtype=None) -> Analyzer; Analyzer.analyze(image, prompt, ...) -> AnalysisResult
+    load(name, device=None, dtype=None) -> Analyzer; Analyzer.analyze(image, prompt, ...) -> AnalysisResult;
+        Analyzer.generate(images, prompts, method=..., ...) -> [Generation] (evaluation)
     prune(model, tokens, layer=K, select=fn | keep=idx): context manager pruning inside a transformers model
     select(method, *, n, hidden, attention, grid, prior, keys, **params) -> LongTensor
-    METHODS: registry of method names -> hyperparameter dataclasses
+    METHODS: registry of method names -> hyperparameter dataclasses; paper_settings(task, family)
+    FAMILIES: registry of model families (d2pruner/families/, one file each); build_tiny(name)
     hybrid_graph(hidden, grid, alpha, theta) -> HybridGraph (adjacency + labelled edges)
     relative_attention(attention, priors, grids), resize_prior(prior, size)
     efficiency_report / prefill_flops / kv_cache_bytes: analytic prefill cost, unpruned vs pruned
-Submodules: layout (token -> image regions), grounding (prompts, box parsing, IoU), efficiency, priors,
-calibration (python -m d2pruner.priors), viz (plotly figures from result arrays; imported on demand).
+Submodules: analysis (validation, runs, results, scoring, export), families, pruning (hooks), geometry, grounding,
+priors (storage, calibration, store), efficiency, viz (figures from result arrays; imported on demand).
 """
 
-from d2pruner.adapters import PruneInputs, PruneState, VisualTokens, adapter_for, prune
-from d2pruner.analyzer import (
+from d2pruner.analysis import (
     AnalysisResult,
     Analyzer,
     Generation,
-    GridView,
     MethodResult,
     Observation,
     keep_count,
     load,
     to_rgb,
 )
-from d2pruner.compat import TESTED_RANGES, UntestedVersionWarning, warn_if_untested
+from d2pruner.compat import TESTED_RANGES, VERSION, UntestedVersionWarning, warn_if_untested
 from d2pruner.efficiency import (
-    ARCHITECTURES,
     EfficiencyReport,
     ModelArch,
     arch_from_config,
     efficiency_report,
-    get_arch,
     kv_cache_bytes,
     prefill_flops,
 )
+from d2pruner.families import ARCHITECTURES, FAMILIES, TINY_NAMES, build_tiny, family_for, get_arch
 from d2pruner.graph import HybridGraph, hybrid_graph, spatial_adjacency
 from d2pruner.grounding import box_iou
 from d2pruner.methods import METHODS, build_method, relative_attention, select
+from d2pruner.ops import GridView
 from d2pruner.presets import paper_settings
 from d2pruner.priors import Prior, load_prior, resize_prior, save_prior
-from d2pruner.tiny import TINY_NAMES, build_tiny
+from d2pruner.pruning import Prefix, PruneInputs, PruneState, capture, prune
+from d2pruner.tokens import VisualTokens
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "ARCHITECTURES",
+    "FAMILIES",
     "METHODS",
     "TESTED_RANGES",
     "TINY_NAMES",
@@ -58,18 +60,20 @@ __all__ = [
     "MethodResult",
     "ModelArch",
     "Observation",
+    "Prefix",
     "Prior",
     "PruneInputs",
     "PruneState",
     "UntestedVersionWarning",
     "VisualTokens",
     "__version__",
-    "adapter_for",
     "arch_from_config",
     "box_iou",
     "build_method",
     "build_tiny",
+    "capture",
     "efficiency_report",
+    "family_for",
     "get_arch",
     "hybrid_graph",
     "keep_count",

@@ -73,3 +73,12 @@ def warn_if_untested() -> None:
             UntestedVersionWarning,
             stacklevel=3,
         )
+
+
+def package_version() -> str:
+    """This package's version (``d2pruner.__version__``), read without importing the package root."""
+    return VERSION
+
+
+#: the package's version; ``d2pruner.__version__`` re-exports it
+VERSION = "0.2.0"

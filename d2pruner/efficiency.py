@@ -50,10 +50,11 @@ ratio at 11.2 % becomes 8.2× (7 % high).
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Literal
+
+from d2pruner.architecture import ModelArch
+from d2pruner.families import ARCHITECTURES, checkpoint_of, get_arch
 
 __all__ = [
     "ARCHITECTURES",
@@ -71,104 +72,6 @@ Convention = Literal["paper", "exact"]
 _CONVENTIONS: tuple[str, ...] = ("paper", "exact")
 
 
-@dataclass(frozen=True)
-class ModelArch:
-    """Language-model shape of a multimodal LLM, i.e. what prefill FLOPs and the KV cache depend on.
-
-    Arguments:
-        name: hub id (registry entries) or ``name_or_path`` / ``model_type`` of a loaded config.
-        num_layers: decoder layers L.
-        hidden_size: d.
-        intermediate_size: FFN intermediate size m.
-        num_heads: query heads H.
-        num_kv_heads: key/value heads (H for multi-head attention, fewer under GQA).
-        head_dim: per-head dimension.
-        vocab_size: LM vocabulary (informational; the LM head is not counted).
-        nominal_visual_tokens: visual tokens of one typical image, the default for ``efficiency_report``;
-            None when unknown.
-    """
-
-    name: str
-    num_layers: int
-    hidden_size: int
-    intermediate_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    nominal_visual_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        for field in ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads",
-                      "head_dim", "vocab_size"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelArch {self.name!r}: {field} must be a positive int, got {value!r}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"ModelArch {self.name!r}: num_heads ({self.num_heads}) must be a multiple of "
-                             f"num_kv_heads ({self.num_kv_heads})")
-        if self.nominal_visual_tokens is not None and self.nominal_visual_tokens < 1:
-            raise ValueError(f"ModelArch {self.name!r}: nominal_visual_tokens must be positive or None, "
-                             f"got {self.nominal_visual_tokens!r}")
-
-
-def _arch(name: str, layers: int, hidden: int, inter: int, heads: int, kv_heads: int, head_dim: int,
-          vocab: int, visual: int) -> ModelArch:
-    return ModelArch(name, layers, hidden, inter, heads, kv_heads, head_dim, vocab, visual)
-
-
-# Sources. Language-model numbers are those of each checkpoint's config.json `text_config` on the
-# Hugging Face Hub, cross-checked (2025) against public copies of those configs / module dumps where noted.
-# * Vicuna-7B v1.5 = LLaMA-2-7B shape (32 × 4096, FFN 11008, 32 heads, MHA, head_dim 128); llava-hf adds
-#   <image> and <pad> tokens and pads the vocabulary to 32064.
-# * Vicuna-13B v1.5 = LLaMA-2-13B shape (40 × 5120, FFN 13824, 40 heads, MHA).
-# * Mistral-7B-Instruct-v0.2 (32 × 4096, FFN 14336, 32 heads, 8 KV heads, head_dim 128).
-# * Qwen2.5-VL-3B: 36 × 2048, FFN 11008, 16 heads, 2 KV heads, vocab 151936 (config.json copy).
-#   Qwen2.5-VL-7B: 28 × 3584, FFN 18944, 28 heads, 4 KV heads, vocab 152064 (module dump: Embedding(152064,
-#   3584), k_proj 3584→512 = 4 KV heads × 128).
-# * InternVL3-{1B,2B,8B}-hf language models are Qwen2.5-{0.5B,1.5B,7B}: 24 × 896 / FFN 4864 / 14 heads /
-#   2 KV / head_dim 64; 28 × 1536 / 8960 / 12 / 2 / 128; 28 × 3584 / 18944 / 28 / 4 / 128; InternVL3's
-#   extended vocabulary is 151674 (config.json copies).
-# Visual tokens per image:
-# * LLaVA-1.5: 24 × 24 = 576 (CLIP ViT-L/14 at 336 px).
-# * LLaVA-NeXT: 2880 = 5 × 576 (base image + 2 × 2 high-res tiles), the maximum the D²Pruner paper uses;
-#   the real anyres sequence also carries one newline token per high-res row and drops padded rows.
-# * Qwen2.5-VL has dynamic resolution (one token per 28 × 28 block); 1280 is the cap under the
-#   max_pixels = 1280·28·28 setting suggested in the model card (the processor default allows 16384).
-# * InternVL3: 256 per 448 × 448 tile (16 × 16 after pixel shuffle); dynamic tiling adds 256 per tile.
-_REGISTRY: dict[str, ModelArch] = {
-    a.name: a
-    for a in (
-        _arch("llava-hf/llava-1.5-7b-hf", 32, 4096, 11008, 32, 32, 128, 32064, 576),
-        _arch("llava-hf/llava-1.5-13b-hf", 40, 5120, 13824, 40, 40, 128, 32064, 576),
-        _arch("llava-hf/llava-v1.6-vicuna-7b-hf", 32, 4096, 11008, 32, 32, 128, 32064, 2880),
-        _arch("llava-hf/llava-v1.6-mistral-7b-hf", 32, 4096, 14336, 32, 8, 128, 32064, 2880),
-        _arch("Qwen/Qwen2.5-VL-3B-Instruct", 36, 2048, 11008, 16, 2, 128, 151936, 1280),
-        _arch("Qwen/Qwen2.5-VL-7B-Instruct", 28, 3584, 18944, 28, 4, 128, 152064, 1280),
-        _arch("OpenGVLab/InternVL3-1B-hf", 24, 896, 4864, 14, 2, 64, 151674, 256),
-        _arch("OpenGVLab/InternVL3-2B-hf", 28, 1536, 8960, 12, 2, 128, 151674, 256),
-        _arch("OpenGVLab/InternVL3-8B-hf", 28, 3584, 18944, 28, 4, 128, 151674, 256),
-    )
-}
-
-#: Read-only registry of the supported real checkpoints, keyed by hub id.
-ARCHITECTURES: Mapping[str, ModelArch] = MappingProxyType(_REGISTRY)
-
-
-def get_arch(name: str) -> ModelArch:
-    """The registered architecture of hub id ``name`` (exact, or case-insensitive).
-
-    Raises:
-        ValueError: unknown name; the message lists the known ones.
-    """
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    by_lower = {key.lower(): arch for key, arch in _REGISTRY.items()}
-    if name.lower() in by_lower:
-        return by_lower[name.lower()]
-    raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-
-
 def arch_from_config(config: Any, *, nominal_visual_tokens: int | None = None) -> ModelArch:
     """Build a ``ModelArch`` from a transformers config (composite or text-only), e.g. a loaded model's.
 
@@ -180,8 +83,8 @@ def arch_from_config(config: Any, *, nominal_visual_tokens: int | None = None) -
     Arguments:
         config: a ``PretrainedConfig`` (``LlavaConfig``, ``LlavaNextConfig``, ``Qwen2_5_VLConfig``,
             ``InternVLConfig``, or a text config such as ``LlamaConfig``).
-        nominal_visual_tokens: overrides the default visual count. Otherwise the registry's count is used
-            when the config's ``name_or_path`` is a registered hub id, else None.
+        nominal_visual_tokens: overrides the default visual count. Otherwise the checkpoint table's count
+            (``d2pruner/families``) is used when the config's ``name_or_path`` is a supported hub id, else None.
 
     Raises:
         ValueError: a required field is missing or not a positive int.
@@ -197,17 +100,18 @@ def arch_from_config(config: Any, *, nominal_visual_tokens: int | None = None) -
             raise ValueError(f"config {name!r} has no {field!r} in its text config")
         return value
 
+    if nominal_visual_tokens is None:
+        found = checkpoint_of(name)
+        nominal_visual_tokens = found.arch.nominal_visual_tokens if found is not None else None
     heads = need("num_attention_heads")
     hidden = need("hidden_size")
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or hidden // heads
-    if nominal_visual_tokens is None and name in _REGISTRY:
-        nominal_visual_tokens = _REGISTRY[name].nominal_visual_tokens
     return ModelArch(name, need("num_hidden_layers"), hidden, need("intermediate_size"), heads, kv_heads,
                      head_dim, need("vocab_size"), nominal_visual_tokens)
 
 
-ArchLike = ModelArch | str | Any  # a ModelArch, a registered hub id, or a transformers config
+ArchLike = ModelArch | str | Any  # a ModelArch, a supported hub id, or a transformers config
 
 
 def _resolve(arch: ArchLike) -> ModelArch:

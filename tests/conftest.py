@@ -16,7 +16,7 @@ class _TinyCache:
         self._models = {}
 
     def get(self, name: str, attn: str = "sdpa"):
-        from d2pruner.tiny import build_tiny
+        from d2pruner.families import build_tiny
 
         key = (name, attn)
         if key not in self._models:
@@ -45,7 +45,7 @@ class _AnalyzerCache:
         self._prior_dir = prior_dir
 
     def get(self, name: str):
-        from d2pruner.analyzer import load
+        from d2pruner.analysis import load
 
         if name not in self._analyzers:
             analyzer = load(name)
@@ -57,10 +57,10 @@ class _AnalyzerCache:
 @pytest.fixture(scope="session")
 def session_priors(tmp_path_factory):
     """A session copy of the bundled priors/ folder: tests read the shipped priors and write their own here."""
-    from d2pruner.analyzer import BUNDLED_PRIORS
+    from d2pruner.resources import BUNDLED_PRIORS_DIR
 
     folder = tmp_path_factory.mktemp("priors")
-    for path in BUNDLED_PRIORS.glob("*.safetensors"):
+    for path in BUNDLED_PRIORS_DIR.glob("*.safetensors"):
         shutil.copy(path, folder / path.name)
     return folder
 

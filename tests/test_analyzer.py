@@ -11,8 +11,8 @@ import torch
 from conftest import FAMILY_NAMES
 from PIL import Image
 
-from d2pruner.adapters import prune
-from d2pruner.analyzer import Analyzer, keep_count, load, to_rgb
+from d2pruner.analysis import Analyzer, keep_count, load, to_rgb
+from d2pruner.pruning import prune
 
 METHODS = ("fastv", "dart", "divprune", "mmr", "d2pruner", "d2pruner-di")
 
@@ -70,13 +70,13 @@ def test_method_answer_equals_direct_pruned_generation(tiny_analyzers, tiny_mode
     name = "tiny-qwen2.5-vl"
     r = results[name]
     analyzer = tiny_analyzers.get(name)
-    model, adapter = analyzer.model, analyzer.adapter
-    inputs = adapter.build_inputs(model, analyzer.processor, test_image, r.question)
-    tokens = adapter.visual_tokens(model, inputs)
+    model, family = analyzer.model, analyzer.model_family
+    inputs = family.build_inputs(model, analyzer.processor, test_image, r.question)
+    tokens = family.tokens_for(model, analyzer.processor, test_image.size, inputs)
     for method in ("fastv", "d2pruner"):
         with torch.no_grad(), prune(model, tokens, layer=r.layer, keep=torch.as_tensor(r.methods[method].kept)):
             ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        text = adapter.tokenizer(analyzer.processor).decode(ids[0, tokens.seq_len :], skip_special_tokens=True)
+        text = family.tokenizer(analyzer.processor).decode(ids[0, tokens.seq_len :], skip_special_tokens=True)
         assert text.strip() == r.methods[method].answer
 
 

@@ -9,20 +9,31 @@ import torch
 from conftest import FAMILY_NAMES
 from PIL import Image
 
-from d2pruner import calibration
-from d2pruner.adapters import adapter_for
-from d2pruner.calibration import PriorAccumulator, calibrate, content_free_images, folder_images
-from d2pruner.layout import tile_arrangement
-from d2pruner.priors import (
-    Prior,
-    cut_mosaic,
-    fit_prior,
-    grid_role,
-    is_dynamic,
-    load_prior,
-    resize_keeping_mass,
-    tile_mosaic,
-)
+import d2pruner.calibrate as calibration_cli
+import d2pruner.priors.__main__ as priors_cli
+from d2pruner.families import family_for, family_named
+from d2pruner.priors import Prior, cut_mosaic, load_prior, resize_keeping_mass, tile_mosaic
+from d2pruner.priors import calibration as calibration
+from d2pruner.priors import fit_prior as _fit_prior
+from d2pruner.priors.calibration import PriorAccumulator, content_free_images, folder_images
+
+
+def calibrate(analyzer, images, **kwargs):
+    """Calibration observes through the analyzer and knows nothing else of it."""
+    return calibration.calibrate(analyzer.observe, images, model_id=analyzer.name, family=analyzer.model_family,
+                                 **kwargs)
+
+
+def fit_prior(prior, family, grids, arrangement=(1, 1)):
+    family = family_named(family)
+    return _fit_prior(prior, grids, role_of=family.prior_role, dynamic_roles=family.dynamic_prior_roles,
+                      arrangement=arrangement)
+
+
+def cli(argv):
+    """The calibration CLI (``python -m d2pruner.calibrate``) and the prior viewer (``python -m d2pruner.priors``)."""
+    return priors_cli.main(argv) if argv[0] == "show" else calibration_cli.main(argv[1:])
+
 
 PROMPT = "Please describe the provided image."
 
@@ -41,15 +52,16 @@ def synthetic_images(count: int = 3) -> list[tuple[str, object]]:
 
 def expected_prior(analyzer, images, layer: int) -> dict[str, torch.Tensor]:
     """The mean attention map per role, from full analyze() runs (not the early-exit path)."""
+    family = analyzer.model_family
     sums: dict[str, torch.Tensor] = {}
     for _, loader in images:
         result = analyzer.analyze(loader(), PROMPT, methods=("fastv",), layer=layer, prior="uniform", max_new_tokens=1)
         parts: dict[str, list[torch.Tensor]] = {}
         for grid, values in zip(result.grids, result.attention, strict=True):
-            parts.setdefault(grid_role(grid.name), []).append(torch.from_numpy(values).double())
+            parts.setdefault(family.prior_role(grid.name), []).append(torch.from_numpy(values).double())
         for role, maps in parts.items():
-            values = tile_mosaic(maps, tile_arrangement(result.layout)) if role == "tiles" else maps[0]
-            if is_dynamic(analyzer.family, role):
+            values = tile_mosaic(maps, family.tile_arrangement(result.layout)) if role == "tiles" else maps[0]
+            if role in family.dynamic_prior_roles:
                 values = resize_keeping_mass(values, (24, 24)).double()
             sums[role] = sums.get(role, 0) + values
     return {role: (total / len(images)).float() for role, total in sums.items()}
@@ -79,7 +91,7 @@ def test_calibration_is_deterministic(tiny_analyzers):
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-internvl"])
 def test_early_exit_stops_after_layer_k_minus_1(tiny_analyzers, name):
     analyzer = tiny_analyzers.get(name)
-    layers = adapter_for(analyzer.model).language_model(analyzer.model).layers
+    layers = family_for(analyzer.model).language_model(analyzer.model).layers
     calls = [0] * len(layers)
     head_calls = []
     handles = [
@@ -181,29 +193,29 @@ def test_cli_calibrates_shows_and_rejects_bad_arguments(tmp_path, capsys):
     for i, (_, loader) in enumerate(synthetic_images(3)):
         loader().save(folder / f"{i}.png")
     out = tmp_path / "out" / "prior.safetensors"
-    code = calibration.main(
+    code = cli(
         ["calibrate", "--model", "tiny-llava", "--images", str(folder), "--out", str(out), "--num", "2"]
     )
     assert code == 0
     prior = load_prior(out, model_id="tiny-llava", layer=2)
     assert prior.num_images == 2 and prior.info["early_exit"]["speedup"] > 0
     assert not out.with_name(out.name + ".partial").exists()
-    assert calibration.main(["show", str(out)]) == 0
+    assert cli(["show", str(out)]) == 0
     assert "natural prior of tiny-llava, layer 2, 2 images" in capsys.readouterr().out
     free = tmp_path / "free.safetensors"
-    code = calibration.main(
+    code = cli(
         ["calibrate", "--model", "tiny-llava", "--kind", "content-free", "--out", str(free), "--no-speedup"]
     )
     assert code == 0 and load_prior(free).kind == "content-free" and load_prior(free).num_images == 16
-    assert calibration.main(["calibrate", "--model", "tiny-llava", "--out", str(free)]) == 2
+    assert cli(["calibrate", "--model", "tiny-llava", "--out", str(free)]) == 2
     assert "--images is required" in capsys.readouterr().err
-    assert calibration.main(["calibrate", "--model", "tiny-llava", "--images", str(tmp_path / "nope")]) == 2
-    assert calibration.main(["calibrate", "--model", "tiny-llava", "--images", str(folder), "--canonical", "big"]) == 2
-    assert calibration.main(["show", str(tmp_path / "nope.safetensors")]) == 2
+    assert cli(["calibrate", "--model", "tiny-llava", "--images", str(tmp_path / "nope")]) == 2
+    assert cli(["calibrate", "--model", "tiny-llava", "--images", str(folder), "--canonical", "big"]) == 2
+    assert cli(["show", str(tmp_path / "nope.safetensors")]) == 2
 
 
 def test_automatic_calibration_caches_and_falls_back_to_a_writable_folder(tiny_models, tmp_path, monkeypatch):
-    from d2pruner.analyzer import Analyzer
+    from d2pruner.analysis import Analyzer
 
     small = tmp_path / "bundled"
     small.mkdir()
@@ -279,11 +291,11 @@ def test_accumulator_rejects_a_fixed_role_changing_shape():
             self.attention = [np.ones(shape, dtype=np.float32)]
             self.layout = None
 
-    acc = PriorAccumulator(family="llava")
+    acc = PriorAccumulator(family=family_named("llava"))
     acc.add(Obs((4, 4)))
     with pytest.raises(ValueError, match="changed shape"):
         acc.add(Obs((5, 4)))
-    dynamic = PriorAccumulator(family="qwen2_5_vl", canonical=(6, 6))
+    dynamic = PriorAccumulator(family=family_named("qwen2_5_vl"), canonical=(6, 6))
     dynamic.add(Obs((4, 4)))
     dynamic.add(Obs((5, 7)))
     assert dynamic.mean()["image"].shape == (6, 6)
@@ -293,8 +305,8 @@ def test_accumulator_rejects_a_fixed_role_changing_shape():
 # ------------------------------------------------------------------------------- shipped priors
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_shipped_tiny_priors_load_and_match_their_model(name, tiny_analyzers):
-    from d2pruner.analyzer import BUNDLED_PRIORS
     from d2pruner.priors import prior_filename
+    from d2pruner.resources import BUNDLED_PRIORS_DIR as BUNDLED_PRIORS
 
     analyzer = tiny_analyzers.get(name)
     for layer in (1, 2, 3):

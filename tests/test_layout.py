@@ -16,21 +16,43 @@ import pytest
 import torch
 from PIL import Image
 
-from d2pruner.layout import (
-    LLAVA_NEXT_GRID_PINPOINTS,
-    QWEN2_5_VL_MAX_PIXELS,
-    QWEN2_5_VL_MIN_PIXELS,
-    VisualLayout,
-    internvl_layout,
-    internvl_tile_grid,
-    layout_for,
-    layout_from_processor,
-    llava_layout,
-    llava_next_layout,
-    qwen2_5_vl_layout,
-    select_best_resolution,
-    smart_resize,
-)
+from d2pruner.families import family_named
+from d2pruner.families.internvl import internvl_layout, internvl_tile_grid
+from d2pruner.families.llava import llava_layout
+from d2pruner.families.llava_next import GRID_PINPOINTS as LLAVA_NEXT_GRID_PINPOINTS
+from d2pruner.families.llava_next import llava_next_layout, select_best_resolution
+from d2pruner.families.qwen2_5_vl import MAX_PIXELS as QWEN2_5_VL_MAX_PIXELS
+from d2pruner.families.qwen2_5_vl import MIN_PIXELS as QWEN2_5_VL_MIN_PIXELS
+from d2pruner.families.qwen2_5_vl import qwen2_5_vl_layout, smart_resize
+from d2pruner.geometry import VisualLayout
+from d2pruner.ops import GridView
+
+#: what each family's layout reads from the model (the checkpoints' values)
+_MODEL = SimpleNamespace(config=SimpleNamespace(
+    vision_config=SimpleNamespace(patch_size=14, image_size=448), downsample_ratio=0.5))
+
+
+def layout_from_processor(family, size, processor):
+    """The family's layout with its geometry read from a live image processor (and the checkpoints' model)."""
+    return family_named(family).layout(size, processor, _MODEL)
+
+
+def tile_arrangement(layout):
+    return family_named(layout.family).tile_arrangement(layout)
+
+
+def paint(layout, values, out_size=None, view=0):
+    """Per-token ``values`` [num_tokens] painted on the image through the app's raster (NaN where unseen)."""
+    from d2pruner.viz import TokenGeometry
+
+    grids, offset = [], 0
+    for g in layout.grids:
+        grids.append(GridView(g.name, g.rows, g.cols, offset))
+        offset += g.rows * g.cols
+    geometry = TokenGeometry(tuple(grids), layout.regions[layout.grid_tokens], layout.image_size)
+    index = geometry.raster(view, out_size or layout.image_size)
+    per_candidate = np.asarray(values, dtype=np.float64)[layout.grid_tokens]
+    return np.where(index >= 0, per_candidate[np.clip(index, 0, None)], np.nan)
 
 transformers = pytest.importorskip("transformers")
 from transformers.image_processing_utils import select_best_resolution as hf_select_best_resolution  # noqa: E402
@@ -424,7 +446,7 @@ def test_frame_mapping_roundtrip_and_paint():
     box = np.array([10.0, 20.0, 300.0, 200.0])
     assert lay.original_to_frame(lay.frame_to_original(box)) == pytest.approx(box)
     vals = np.arange(lay.num_tokens, dtype=float)
-    heat = lay.paint(vals)
+    heat = paint(lay, vals)
     assert heat.shape == (480, 640)
     assert np.isnan(heat[:, :80]).all() and np.isnan(heat[:, 560:]).all()  # cropped away → unseen
     assert heat[0, 80] == 0 and heat[479, 559] == 575
@@ -432,17 +454,16 @@ def test_frame_mapping_roundtrip_and_paint():
     assert g.shape == (24, 24) and g[1, 0] == 24
 
     nxt = llava_next_layout((500, 300))
-    heat = nxt.paint(np.ones(nxt.num_tokens), grids=["base", "highres"], out_size=(50, 30))
-    assert heat.shape == (30, 50) and np.allclose(heat, 1.0)
+    for view in (0, 1):  # the high-res grid and the base grid each cover the whole image
+        heat = paint(nxt, np.ones(nxt.num_tokens), out_size=(50, 30), view=view)
+        assert heat.shape == (30, 50) and np.allclose(heat, 1.0)
     it = internvl_layout((1000, 300))
     vals = np.zeros(it.num_tokens)
     vals[it.grid("tile1").token_indices()] = 1.0
-    heat = it.paint(vals)
+    heat = paint(it, vals)
     x1, y1, x2, y2 = it.grid("tile1").box
     assert np.all(heat[int(y1) + 1 : int(y2) - 1, int(x1) + 1 : int(x2) - 1] == 1.0)
-    assert heat.sum() == pytest.approx((x2 - x1) * (y2 - y1), rel=0.02)
-    with pytest.raises(ValueError):
-        it.paint(np.zeros(3))
+    assert np.nansum(heat) == pytest.approx((x2 - x1) * (y2 - y1), rel=0.02)
 
 
 def test_invalid_sizes():
@@ -461,9 +482,10 @@ def test_layout_from_processor_matches_explicit():
         lay = layout_from_processor("qwen2_5_vl", size, small)
         assert lay.num_tokens == small.get_number_of_image_patches(size[1], size[0]) // 4
         assert _same(layout_from_processor("internvl", size, INTERNVL), internvl_layout(size))
-        assert layout_from_processor("internvl", size, INTERNVL, max_tiles=1).num_tokens == 256
+        one_tile = GotOcr2ImageProcessorPil(size={"height": 448, "width": 448}, crop_to_patches=True, max_patches=1)
+        assert layout_from_processor("internvl", size, one_tile).num_tokens == 256
     with pytest.raises(ValueError):
-        layout_for("blip", (10, 10))
+        family_named("blip")
 
 
 def _same(a: VisualLayout, b: VisualLayout) -> bool:
@@ -476,8 +498,6 @@ def _same(a: VisualLayout, b: VisualLayout) -> bool:
 
 
 def test_tile_arrangement_follows_internvl_tiling():
-    from d2pruner.layout import tile_arrangement
-
     assert tile_arrangement(internvl_layout((896, 448))) == (1, 2)
     assert tile_arrangement(internvl_layout((1344, 896))) == (2, 3)
     assert tile_arrangement(internvl_layout((448, 1344))) == (3, 1)

@@ -19,10 +19,10 @@ def python_blocks(section: str) -> list[str]:
 
 @pytest.mark.parametrize("section", ["Selecting tokens", "Pruning inside a model"])
 def test_readme_examples_run(section, monkeypatch, tmp_path, capsys):
-    import d2pruner.analyzer
+    import d2pruner.priors.store
 
     monkeypatch.chdir(README.parent)
-    monkeypatch.setattr(d2pruner.analyzer, "user_prior_dir", lambda: tmp_path)
+    monkeypatch.setattr(d2pruner.priors.store, "user_prior_dir", lambda: tmp_path)
     blocks = python_blocks(section)
     assert blocks, f"no python example under '## {section}'"
     for block in blocks:

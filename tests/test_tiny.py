@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import FAMILY_NAMES
 
-from d2pruner.adapters import adapter_for
-from d2pruner.tiny import TINY_NAMES, VOCAB_SIZE, build_tiny, tiny_tokenizer
+from d2pruner.families import TINY_NAMES, build_tiny, family_for
+from d2pruner.families.tiny import VOCAB_SIZE, tiny_tokenizer
 
 CLASSES = {
     "tiny-llava": "LlavaForConditionalGeneration",
@@ -39,9 +39,9 @@ def test_real_class_and_shapes(tiny_models, name, test_image):
     text = model.config.text_config
     assert text.num_hidden_layers == 4 and text.hidden_size == 64
     assert text.num_key_value_heads < text.num_attention_heads  # GQA
-    adapter = adapter_for(model)
-    inputs = adapter.build_inputs(model, tm.processor, test_image, "What is in the image?")
-    tokens = adapter.visual_tokens(model, inputs)
+    family = family_for(model)
+    inputs = family.build_inputs(model, tm.processor, test_image, "What is in the image?")
+    tokens = family.tokens_for(model, tm.processor, test_image.size, inputs)
     assert tokens.grid_shapes == EXPECTED_GRIDS[name]
     with torch.no_grad():
         logits = model(**inputs).logits

@@ -5,7 +5,7 @@ many natural images with a generic prompt (D²Pruner §3.2). It is stored as one
 (model, layer, kind): one float32 2-D map per *grid role* of the model's visual layout, plus JSON metadata.
 Loading validates everything and never unpickles anything.
 
-Grid roles (see :func:`grid_role`):
+Grid roles (each family maps its grids to roles, ``Family.prior_role``; grids sharing a role are tiles of one mosaic):
 
 * **fixed** roles always have the same shape — LLaVA-1.5 ``"image"`` (24×24), LLaVA-NeXT ``"base"``
   (24×24), InternVL ``"thumbnail"`` (16×16). Their map is the plain mean of the per-image attention maps,
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,24 +132,6 @@ def resize_prior(prior: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized[0, 0]
 
 
-#: grid roles whose shape depends on the image, per family (all other roles have a fixed shape)
-DYNAMIC_ROLES = {
-    "qwen2_5_vl": frozenset({"image"}),
-    "llava_next": frozenset({"highres"}),
-    "internvl": frozenset({"tiles"}),
-}
-
-
-def grid_role(grid_name: str) -> str:
-    """The prior role of a layout grid: InternVL's ``tile0``, ``tile1``, … share the role ``"tiles"``."""
-    return "tiles" if grid_name.startswith("tile") else grid_name
-
-
-def is_dynamic(family: str, role: str) -> bool:
-    """Whether ``role`` changes shape with the image in ``family`` (see the module docstring)."""
-    return role in DYNAMIC_ROLES.get(family, frozenset())
-
-
 def resize_keeping_mass(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear :func:`resize_prior`, rescaled so that the total mass (sum) is unchanged."""
     resized = resize_prior(values, size)
@@ -173,34 +155,42 @@ def cut_mosaic(mosaic: torch.Tensor, arrangement: tuple[int, int]) -> list[torch
 
 
 def fit_prior(
-    prior: Prior, family: str, grids: list[tuple[str, int, int]], arrangement: tuple[int, int] = (1, 1)
+    prior: Prior,
+    grids: list[tuple[str, int, int]],
+    *,
+    role_of: Callable[[str], str],
+    dynamic_roles: frozenset[str],
+    arrangement: tuple[int, int] = (1, 1),
 ) -> list[torch.Tensor]:
     """One prior map per layout grid, each exactly the grid's shape (see the module docstring).
 
     Arguments:
         prior: a calibrated prior of this family (its maps by role).
-        family: the layout family.
         grids: ``(name, rows, cols)`` of each grid, in candidate order.
-        arrangement: InternVL's tile arrangement (rows, cols) of the ``tile*`` grids.
+        role_of: the family's grid name → prior role (``Family.prior_role``).
+        dynamic_roles: the roles whose grid changes shape with the image (``Family.dynamic_prior_roles``).
+        arrangement: (rows, cols) of the tiles when several grids share one role (InternVL's tiles).
     Returns:
         [rows, cols] float32 maps, one per grid.
     """
-    tile_grids = [(name, r, c) for name, r, c in grids if grid_role(name) == "tiles"]
-    tile_maps: list[torch.Tensor] = []
-    if tile_grids:
-        _, h, w = tile_grids[0]
-        mosaic = _fit_role(prior, family, "tiles", (arrangement[0] * h, arrangement[1] * w))
-        tile_maps = cut_mosaic(mosaic, arrangement)
-    fitted = []
-    for name, rows, cols in grids:
-        role = grid_role(name)
-        fitted.append(tile_maps.pop(0) if role == "tiles" else _fit_role(prior, family, role, (rows, cols)))
+    roles = [role_of(name) for name, _, _ in grids]
+    fitted: list[torch.Tensor | None] = [None] * len(grids)
+    for role in dict.fromkeys(roles):
+        members = [i for i, r in enumerate(roles) if r == role]
+        if len(members) > 1:  # tiles of one mosaic
+            _, h, w = grids[members[0]]
+            mosaic = _fit_role(prior, role, (arrangement[0] * h, arrangement[1] * w), dynamic_roles)
+            for i, tile in zip(members, cut_mosaic(mosaic, arrangement), strict=True):
+                fitted[i] = tile
+        else:
+            _, rows, cols = grids[members[0]]
+            fitted[members[0]] = _fit_role(prior, role, (rows, cols), dynamic_roles)
     return fitted
 
 
-def _fit_role(prior: Prior, family: str, role: str, size: tuple[int, int]) -> torch.Tensor:
+def _fit_role(prior: Prior, role: str, size: tuple[int, int], dynamic_roles: frozenset[str]) -> torch.Tensor:
     values = prior.map_for(role)
-    return resize_keeping_mass(values, size) if is_dynamic(family, role) else resize_prior(values, size)
+    return resize_keeping_mass(values, size) if role in dynamic_roles else resize_prior(values, size)
 
 
 def prior_filename(model_id: str, layer: int, kind: str = "natural") -> str:

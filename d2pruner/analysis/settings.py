@@ -1,0 +1,71 @@
+"""The settings of one analysis, validated once at the public boundary (``Analyzer.analyze``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from d2pruner.analysis.inputs import MAX_NEW_TOKENS, check_int, check_methods, keep_count, route_params
+
+#: what ``prior=`` accepts as a name
+PRIOR_NAMES = ("auto", "natural", "content-free", "uniform")
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Validated settings.
+
+    Attributes:
+        methods: method names, in request order.
+        keep_ratio: in (0, 1]; n = max(1, round(r · N)).
+        layer: K, in [1, num_layers).
+        grounding: grounding mode (the family's grounding prompt; boxes parsed).
+        max_new_tokens: in [1, MAX_NEW_TOKENS].
+        prior: a name from :data:`PRIOR_NAMES`, or a given prior (``Prior`` or tensors; checked where used).
+        params: method → its hyperparameters.
+        graph: α and θ of the displayed hybrid graph (D²Pruner's unless it is not requested: its defaults).
+        steps: record each method's selection step by step.
+    """
+
+    methods: tuple[str, ...]
+    keep_ratio: float
+    layer: int
+    grounding: bool
+    max_new_tokens: int
+    prior: object
+    params: dict
+    graph: dict
+    steps: bool = False
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        num_layers: int,
+        methods,
+        keep_ratio,
+        layer,
+        grounding,
+        max_new_tokens,
+        prior,
+        steps: bool = False,
+        **method_params,
+    ) -> AnalysisSettings:
+        """Check every setting; each problem is a ``ValueError`` naming the parameter."""
+        from d2pruner.methods import METHODS
+
+        methods = check_methods(methods)
+        keep_count(keep_ratio, 1)
+        layer = check_int(f"layer (K; this model has {num_layers} decoder layers)", layer, 1, num_layers - 1)
+        if not isinstance(grounding, bool):
+            raise ValueError(f"grounding must be True or False, got {grounding!r}")
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
+        if isinstance(prior, str) and prior not in PRIOR_NAMES:
+            raise ValueError(f"prior must be one of {PRIOR_NAMES}, a Prior or tensors; got {prior!r}")
+        if not isinstance(steps, bool):
+            raise ValueError(f"steps must be True or False, got {steps!r}")
+        params = route_params(methods, method_params)
+        defaults = {f.name: f.default for f in dataclasses.fields(METHODS["d2pruner"])}
+        chosen = params.get("d2pruner", {})  # validated by route_params
+        graph = {name: float(chosen.get(name, defaults[name])) for name in ("alpha", "theta")}
+        return cls(methods, float(keep_ratio), layer, grounding, max_new_tokens, prior, params, graph, steps)
