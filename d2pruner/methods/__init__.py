@@ -146,24 +146,20 @@ def make_inputs(
     _check_tensor("hidden", hidden, ndim=2)
     _check_tensor("attention", attention, ndim=1)
     _check_tensor("keys", keys, ndim=2)
-    _check_tensor("seq_keys", seq_keys, ndim=2, shape="[L, Dk]")
-    _check_tensor("seq_normed", seq_normed, ndim=2, shape="[L, D]")
-    visual_index = _check_visual_index(visual_index)
-    _check_text_mask(text_mask)
+    if seq_keys is None and seq_normed is None and visual_index is None and text_mask is None:
+        sequence = {}  # the common case: no sequence-level inputs, nothing more to check
+    else:
+        _check_tensor("seq_keys", seq_keys, ndim=2, shape="[L, Dk]")
+        _check_tensor("seq_normed", seq_normed, ndim=2, shape="[L, D]")
+        visual_index = _check_visual_index(visual_index)
+        _check_text_mask(text_mask)
+        sequence = dict(seq_keys=seq_keys, seq_normed=seq_normed, visual_index=visual_index, text_mask=text_mask)
+        _check_sequence(**sequence)
     num_tokens = _token_count(hidden=hidden, attention=attention, keys=keys, visual_index=visual_index)
-    _check_sequence(seq_keys=seq_keys, seq_normed=seq_normed, visual_index=visual_index, text_mask=text_mask)
     grids = as_grids(grid)
     if grids and sum(h * w for h, w in grids) != num_tokens:
         raise ValueError(f"grid {list(grids)} holds {sum(h * w for h, w in grids)} tokens; expected N = {num_tokens}")
-    _check_same_device(
-        hidden=hidden,
-        attention=attention,
-        keys=keys,
-        seq_keys=seq_keys,
-        seq_normed=seq_normed,
-        visual_index=visual_index,
-        text_mask=text_mask,
-    )
+    _check_same_device(hidden=hidden, attention=attention, keys=keys, **sequence)
     return SelectionInputs(
         num_tokens=num_tokens,
         hidden=hidden,
