@@ -106,7 +106,8 @@ class Method:
     requires_hint: ClassVar[str] = ""
 
     def select(self, inputs: SelectionInputs, n: int) -> torch.Tensor:
-        """Return ``min(n, N)`` sorted unique indices (int64) of the tokens to keep."""
+        """Return the sorted unique indices (int64) of the tokens to keep: ``min(n, N)`` of them (``dart-official``:
+        the official code's count, ``official_keep_count``)."""
         n = self._check(inputs, n)
         if n >= inputs.num_tokens:
             return torch.arange(inputs.num_tokens, device=_device_of(inputs))
