@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
-from d2pruner.methods.base import Method, SelectionInputs
+from d2pruner.methods.base import Method, Selection, SelectionInputs, SelectionStep
 from d2pruner.methods.d2pruner import D2Pruner, D2PrunerSemanticOnly, DebiasedImportance, relative_attention
 from d2pruner.methods.dart import DART
+from d2pruner.methods.dart_official import DARTOfficial
 from d2pruner.methods.divprune import DivPrune
 from d2pruner.methods.fastv import FastV
 from d2pruner.methods.mmr import MMR
@@ -17,7 +18,8 @@ from d2pruner.ops import Grid, all_finite, as_grids
 from d2pruner.priors import check_map
 
 METHODS: dict[str, type[Method]] = {
-    method.name: method for method in (FastV, DART, DivPrune, MMR, D2Pruner, DebiasedImportance, D2PrunerSemanticOnly)
+    method.name: method
+    for method in (FastV, DART, DivPrune, MMR, D2Pruner, DebiasedImportance, D2PrunerSemanticOnly, DARTOfficial)
 }
 
 __all__ = [
@@ -26,11 +28,14 @@ __all__ = [
     "MMR",
     "D2Pruner",
     "D2PrunerSemanticOnly",
+    "DARTOfficial",
     "DebiasedImportance",
     "DivPrune",
     "FastV",
     "Method",
+    "Selection",
     "SelectionInputs",
+    "SelectionStep",
     "build_method",
     "make_inputs",
     "method_parameters",
@@ -69,26 +74,56 @@ def select(
     grid: Grid | Sequence[Grid] | None = None,
     prior: torch.Tensor | Sequence[torch.Tensor] | None = None,
     keys: torch.Tensor | None = None,
+    seq_keys: torch.Tensor | None = None,
+    seq_normed: torch.Tensor | None = None,
+    visual_index: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
+    return_steps: bool = False,
     **params: object,
-) -> torch.Tensor:
+) -> torch.Tensor | Selection:
     """Select the visual tokens to keep.
 
     Arguments:
-        method: a name from :data:`METHODS` (``"fastv"``, ``"dart"``, ``"divprune"``, ``"mmr"``,
-            ``"d2pruner"``, ``"d2pruner-di"``, ``"d2pruner-nospatial"``) or a method object.
-        n: how many tokens to keep (≥ 1); n ≥ N keeps all.
+        method: a name from :data:`METHODS` (``"fastv"``, ``"dart"``, ``"dart-official"``, ``"divprune"``,
+            ``"mmr"``, ``"d2pruner"``, ``"d2pruner-di"``, ``"d2pruner-nospatial"``) or a method object.
+        n: how many tokens to keep (≥ 1); n ≥ N keeps all (``dart-official`` keeps the official count,
+            ``4 + 8·⌊n/8⌋``).
         hidden: [N, D] visual hidden states entering layer K.
         attention: [N] attention of the last prompt token to the visual tokens at layer K−1.
         grid: (h, w) with N = h·w (row-major), or a list of grids concatenated in order (multi-grid
             layouts; spatial neighbours only inside a grid).
         prior: the positional-bias prior [h', w'] (bilinearly resized to each grid), or one per grid.
         keys: [N, Dk] layer-(K−1) keys (DART's pivots).
+        seq_keys: [L, Dk] post-RoPE layer-(K−1) keys of every token of the prompt, L = prompt length, heads
+            concatenated (``dart-official``).
+        seq_normed: [L, D] layer-(K−1) output (hidden states entering layer K) of every prompt token after
+            the model's final norm (``dart-official``).
+        visual_index: [N] integer sequence positions of the candidates, strictly increasing, in [0, L).
+        text_mask: [L] bool, True at the prompt's text tokens, False at every visual token.
+        return_steps: return a :class:`Selection` (the indices and the order they were chosen in) instead
+            of the indices alone.
         **params: the method's hyperparameters (see its dataclass).
     Returns:
-        [min(n, N)] int64 sorted unique indices, on the inputs' device.
+        [min(n, N)] int64 sorted unique indices, on the inputs' device; with ``return_steps=True`` a
+        :class:`Selection` whose ``kept`` is that tensor.
     """
+    if not isinstance(return_steps, bool):
+        raise ValueError(f"return_steps must be a bool (True or False); got {return_steps!r}")
     chosen = build_method(method, **params)
-    return chosen.select(make_inputs(hidden=hidden, attention=attention, grid=grid, prior=prior, keys=keys), n)
+    inputs = make_inputs(
+        hidden=hidden,
+        attention=attention,
+        grid=grid,
+        prior=prior,
+        keys=keys,
+        seq_keys=seq_keys,
+        seq_normed=seq_normed,
+        visual_index=visual_index,
+        text_mask=text_mask,
+    )
+    if return_steps:
+        return chosen.select_steps(inputs, n)
+    return chosen.select(inputs, n)
 
 
 def make_inputs(
@@ -98,16 +133,33 @@ def make_inputs(
     grid: Grid | Sequence[Grid] | None = None,
     prior: torch.Tensor | Sequence[torch.Tensor] | None = None,
     keys: torch.Tensor | None = None,
+    seq_keys: torch.Tensor | None = None,
+    seq_normed: torch.Tensor | None = None,
+    visual_index: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
 ) -> SelectionInputs:
-    """Validate and bundle selection inputs; every problem is a ValueError saying what was expected."""
+    """Validate and bundle selection inputs; every problem is a ValueError saying what was expected.
+
+    Shapes as in :func:`select`. ``visual_index`` is returned as int64; ``seq_keys`` / ``seq_normed`` /
+    ``text_mask`` must agree on L, and ``text_mask`` must be False at every candidate.
+    """
     _check_tensor("hidden", hidden, ndim=2)
     _check_tensor("attention", attention, ndim=1)
     _check_tensor("keys", keys, ndim=2)
-    num_tokens = _token_count(hidden=hidden, attention=attention, keys=keys)
+    if seq_keys is None and seq_normed is None and visual_index is None and text_mask is None:
+        sequence = {}  # the common case: no sequence-level inputs, nothing more to check
+    else:
+        _check_tensor("seq_keys", seq_keys, ndim=2, shape="[L, Dk]")
+        _check_tensor("seq_normed", seq_normed, ndim=2, shape="[L, D]")
+        visual_index = _check_visual_index(visual_index)
+        _check_text_mask(text_mask)
+        sequence = dict(seq_keys=seq_keys, seq_normed=seq_normed, visual_index=visual_index, text_mask=text_mask)
+        _check_sequence(**sequence)
+    num_tokens = _token_count(hidden=hidden, attention=attention, keys=keys, visual_index=visual_index)
     grids = as_grids(grid)
     if grids and sum(h * w for h, w in grids) != num_tokens:
         raise ValueError(f"grid {list(grids)} holds {sum(h * w for h, w in grids)} tokens; expected N = {num_tokens}")
-    _check_same_device(hidden=hidden, attention=attention, keys=keys)
+    _check_same_device(hidden=hidden, attention=attention, keys=keys, **sequence)
     return SelectionInputs(
         num_tokens=num_tokens,
         hidden=hidden,
@@ -115,29 +167,79 @@ def make_inputs(
         grids=grids,
         priors=_check_priors(prior, grids),
         keys=keys,
+        seq_keys=seq_keys,
+        seq_normed=seq_normed,
+        visual_index=visual_index,
+        text_mask=text_mask,
     )
 
 
-def _check_tensor(name: str, value: torch.Tensor | None, *, ndim: int) -> None:
+def _check_tensor(name: str, value: torch.Tensor | None, *, ndim: int, shape: str | None = None) -> None:
     if value is None:
         return
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
     if value.ndim != ndim:
-        expected = "[N]" if ndim == 1 else "[N, D]"
+        expected = shape or ("[N]" if ndim == 1 else "[N, D]")
         raise ValueError(f"{name} must be {ndim}-D {expected}; got shape {tuple(value.shape)}")
     if not value.is_floating_point():
         raise ValueError(f"{name} must be a floating tensor; got {value.dtype}")
     if value.shape[0] == 0:
-        raise ValueError(f"{name} is empty: there must be at least one visual token")
+        what = "visual token" if shape is None else "token"
+        raise ValueError(f"{name} is empty: there must be at least one {what}")
     if not all_finite(value):
         raise ValueError(f"{name} contains NaN or inf values")
+
+
+def _check_visual_index(value: torch.Tensor | None) -> torch.Tensor | None:
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"visual_index must be a torch.Tensor; got {type(value).__name__}")
+    if value.ndim != 1:
+        raise ValueError(f"visual_index must be 1-D [N]; got shape {tuple(value.shape)}")
+    if value.dtype == torch.bool or value.is_floating_point() or value.is_complex():
+        raise ValueError(f"visual_index must be an integer tensor of sequence positions; got {value.dtype}")
+    if value.shape[0] == 0:
+        raise ValueError("visual_index is empty: there must be at least one visual token")
+    value = value.long()
+    if int(value.min()) < 0:
+        raise ValueError(f"visual_index must be non-negative sequence positions; got minimum {int(value.min())}")
+    if value.shape[0] > 1 and not bool((value[1:] > value[:-1]).all()):
+        raise ValueError("visual_index must be strictly increasing (candidates in sequence order, no repeats)")
+    return value
+
+
+def _check_text_mask(value: torch.Tensor | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"text_mask must be a torch.Tensor; got {type(value).__name__}")
+    if value.ndim != 1 or value.dtype != torch.bool:
+        raise ValueError(f"text_mask must be a 1-D bool tensor [L]; got {value.dtype} of shape {tuple(value.shape)}")
+
+
+def _check_sequence(**tensors: torch.Tensor | None) -> None:
+    """The sequence-level inputs agree on L; the candidates lie inside it and are not text."""
+    lengths = {
+        name: t.shape[0] for name, t in tensors.items() if t is not None and name != "visual_index"
+    }
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"seq_keys, seq_normed and text_mask disagree on the prompt length L: {lengths}")
+    visual_index, text_mask = tensors["visual_index"], tensors["text_mask"]
+    if visual_index is None or not lengths:
+        return
+    length = next(iter(lengths.values()))
+    if int(visual_index[-1]) >= length:
+        raise ValueError(f"visual_index has position {int(visual_index[-1])}, outside the prompt of L = {length}")
+    if text_mask is not None and bool(text_mask[visual_index.to(text_mask.device)].any()):
+        raise ValueError("text_mask is True at a visual token of visual_index; text and visual tokens must not overlap")
 
 
 def _token_count(**tensors: torch.Tensor | None) -> int:
     counts = {name: t.shape[0] for name, t in tensors.items() if t is not None}
     if not counts:
-        raise ValueError("select() needs at least one of hidden, attention or keys")
+        raise ValueError("select() needs at least one of hidden, attention or keys (or visual_index)")
     if len(set(counts.values())) > 1:
         raise ValueError(f"inputs disagree on the number of visual tokens N: {counts}")
     return next(iter(counts.values()))

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from d2pruner.methods.base import Method, SelectionInputs
+from d2pruner.methods.base import Method, SelectionInputs, SelectionStep, ranked_steps
 from d2pruner.ops import top_n
 
 
@@ -16,6 +16,9 @@ class FastV(Method):
     """Keep the n tokens with the largest raw attention (no hyperparameters).
 
     Inputs: ``attention`` [N]. Returns the n largest, ties to the lower index.
+
+    Steps: ``"top-n"`` — the kept tokens by descending attention (ties: lower index first);
+    ``score`` = the token's attention.
     """
 
     name: ClassVar[str] = "fastv"
@@ -23,3 +26,6 @@ class FastV(Method):
 
     def _select(self, inputs: SelectionInputs, n: int) -> torch.Tensor:
         return top_n(inputs.attention, n)
+
+    def _steps(self, inputs: SelectionInputs, n: int) -> list[SelectionStep]:
+        return ranked_steps(top_n(inputs.attention, n), inputs.attention, "top-n")

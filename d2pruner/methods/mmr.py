@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from d2pruner.methods.base import Method, SelectionInputs
+from d2pruner.methods.base import Method, SelectionInputs, SelectionStep, recorded_steps
 from d2pruner.methods.d2pruner import relative_attention
 from d2pruner.ops import check_unit_interval, cosine_similarity_matrix
 
@@ -27,7 +27,14 @@ def min_max_normalize(scores: torch.Tensor) -> torch.Tensor:
     return (scores - low) / (high - low)
 
 
-def mmr_selection(importance: torch.Tensor, similarity: torch.Tensor, n: int, lam: float) -> torch.Tensor:
+def mmr_selection(
+    importance: torch.Tensor,
+    similarity: torch.Tensor,
+    n: int,
+    lam: float,
+    *,
+    record: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Greedy MMR: first argmax importance, then argmax ``λ·imp − (1−λ)·max sim to the picked set``.
 
     Args:
@@ -35,17 +42,23 @@ def mmr_selection(importance: torch.Tensor, similarity: torch.Tensor, n: int, la
         similarity: [N, N] float32 cosine similarity.
         n: number to pick, 1 <= n <= N.
         lam: λ in [0, 1].
+        record: optional [n] float tensor, filled with the value that decided each pick (the first pick's
+            importance, then each pick's MMR score).
     Returns:
         [n] int64 indices in pick order (ties to the lower index).
     """
     picks = torch.empty(n, dtype=torch.long, device=importance.device)
     picks[0] = torch.argmax(importance)
+    if record is not None:
+        record[0] = importance[picks[0]]
     max_sim = similarity[picks[0]].clone()
     for step in range(1, n):  # inherently sequential
         score = lam * importance - (1.0 - lam) * max_sim
         score[picks[:step]] = -float("inf")
         pick = torch.argmax(score)
         picks[step] = pick
+        if record is not None:
+            record[step] = score[pick]
         max_sim = torch.maximum(max_sim, similarity[pick])
     return picks
 
@@ -60,6 +73,9 @@ class MMR(Method):
             or ``"attention"`` (raw attention), or a [N] tensor of scores from any other selector.
     Inputs: ``attention`` [N] (unless importance is a tensor), ``hidden`` [N, D]; ``prior`` + ``grid``
     optional.
+
+    Steps: ``"greedy"`` — the picks in order; ``score`` = the first pick's (min–max normalised) importance,
+    then each pick's MMR score ``λ·imp − (1−λ)·max cosine to the tokens picked before it``.
     """
 
     name: ClassVar[str] = "mmr"
@@ -90,3 +106,9 @@ class MMR(Method):
     def _select(self, inputs: SelectionInputs, n: int) -> torch.Tensor:
         importance = min_max_normalize(self._importance(inputs))
         return mmr_selection(importance, cosine_similarity_matrix(inputs.hidden), n, self.lam)
+
+    def _steps(self, inputs: SelectionInputs, n: int) -> list[SelectionStep]:
+        importance = min_max_normalize(self._importance(inputs))
+        record = torch.empty(n, dtype=importance.dtype, device=importance.device)
+        picks = mmr_selection(importance, cosine_similarity_matrix(inputs.hidden), n, self.lam, record=record)
+        return recorded_steps(picks, record, "greedy")
