@@ -40,7 +40,10 @@ from d2pruner.analysis.inputs import check_int, check_methods, keep_count, route
 from d2pruner.analysis.prepared import Prepared, prepare
 from d2pruner.analysis.results import AnalysisResult, Generation, MethodResult, Observation
 from d2pruner.analysis.settings import AnalysisSettings
-from d2pruner.families import TINY_NAMES, Family, build_tiny, family_for, family_for_model_type
+from d2pruner.families import FAMILIES, TINY_NAMES, Family, build_tiny, family_for, family_for_model_type
+from d2pruner.graph import hybrid_graph
+from d2pruner.methods import METHODS, method_parameters, relative_attention, select
+from d2pruner.presets import paper_settings
 from d2pruner.priors import Prior, check_map, fit_prior, resize_prior
 from d2pruner.priors.store import PriorStore
 from d2pruner.pruning import capture
@@ -105,9 +108,16 @@ def _from_pretrained(name: str, device: torch.device, dtype, attn_implementation
     return model.to(device).eval(), processor, notes
 
 
-def _supported() -> str:
-    from d2pruner.families import FAMILIES
+def layer_attention(state, tokens) -> np.ndarray:
+    """[num_layers, H, N] float32: the last prompt token's attention to each candidate at every layer, per head
+    (row 0 of an unpruned run with ``capture_layers``)."""
+    positions = tokens.positions.cpu()
+    rows = [state.layer_rows[i][0][:, positions.to(state.layer_rows[i].device)].float().cpu()
+            for i in sorted(state.layer_rows)]
+    return torch.stack(rows).numpy().astype(np.float32)
 
+
+def _supported() -> str:
     return ", ".join(f.model_class for f in FAMILIES.values())
 
 
@@ -174,6 +184,7 @@ class Analyzer:
         max_new_tokens: int = 32,
         prior: PriorArg = "auto",
         steps: bool = False,
+        heads: bool = False,
         progress: Progress | None = None,
         **method_params,
     ) -> AnalysisResult:
@@ -191,6 +202,8 @@ class Analyzer:
                 images on first use and cached), ``"content-free"``, ``"uniform"`` (or None), a
                 :class:`~d2pruner.priors.Prior`, or a 2-D tensor (resized to every grid) / one per grid.
             steps: also record each method's selection step by step (``MethodResult.steps``).
+            heads: keep every layer's attention row per head (``AnalysisResult.layer_attention_heads``), not only
+                the mean over heads.
             progress: ``progress(done, total, message)``, called while a prior is being calibrated.
             **method_params: hyperparameters, given to every requested method that has them
                 (e.g. ``alpha=1.0`` for ``d2pruner``); also α / θ of the displayed graph.
@@ -201,7 +214,7 @@ class Analyzer:
         """
         settings = AnalysisSettings.create(
             num_layers=self.num_layers, methods=methods, keep_ratio=keep_ratio, layer=layer, grounding=grounding,
-            max_new_tokens=max_new_tokens, prior=prior, steps=steps, **method_params,
+            max_new_tokens=max_new_tokens, prior=prior, steps=steps, heads=heads, **method_params,
         )
         prepared = self._prepare(image, prompt, grounding=settings.grounding)
         notes = [*self.notes, *prepared.notes]
@@ -211,9 +224,6 @@ class Analyzer:
 
     def _analyze(self, settings: AnalysisSettings, prepared: Prepared, priors, prior_source: str,
                  notes: list[str]) -> AnalysisResult:
-        from d2pruner.graph import hybrid_graph
-        from d2pruner.methods import relative_attention
-
         model, family, tokens, layer = self.model, self.model_family, prepared.tokens, settings.layer
         n = keep_count(settings.keep_ratio, tokens.num_candidates)
         generation = self._generation_kwargs(settings.max_new_tokens)
@@ -223,7 +233,10 @@ class Analyzer:
             run.sync(model)
             vision_seconds = time.perf_counter() - start
         single = run.make_batch(family, model, [prepared], [encoded], self._pad_id)
-        vanilla_ids, observed, _ = run.generate_rows(model, single, layer=layer, generation=generation, record=True)
+        vanilla_ids, observed, _ = run.generate_rows(
+            model, single, layer=layer, generation=generation, record=True, capture_layers=True,
+            capture_sequence=any("seq_keys" in METHODS[m].requires for m in settings.methods),
+        )
         vanilla_answer = self._decode(vanilla_ids[0], single.length)
         hidden, attention, keys, prefix = observed.hidden, observed.attention, observed.keys, observed.prefix
         grid_shapes = tokens.grid_shapes
@@ -231,7 +244,10 @@ class Analyzer:
         relative = relative_attention(attention.cpu(), priors, grid_shapes)
         graph = hybrid_graph(hidden.cpu(), grid, **settings.graph)
 
-        selections = {m: self._select(m, settings, n, hidden, attention, keys, grid, priors) for m in settings.methods}
+        sequence = observed.rows[0].selection_inputs(0).sequence_inputs()
+        selections = {m: self._select(m, settings, n, hidden, attention, keys, grid, priors, sequence)
+                      for m in settings.methods}
+        layer_heads = layer_attention(observed, tokens)
         answers, generation_seconds, chunks = self._generate_methods(settings, prepared, encoded, selections, prefix,
                                                                       generation)
         if chunks > 1:
@@ -261,15 +277,15 @@ class Analyzer:
             vanilla_prefill_seconds=float(observed.prefill_seconds), vision_seconds=vision_seconds,
             prompt_tokens=tokens.seq_len, methods=results, notes=list(dict.fromkeys(notes)),
             generation_seconds=generation_seconds, generation_chunks=chunks,
+            layer_attention=layer_heads.mean(1), layer_attention_heads=layer_heads if settings.heads else None,
             prefill_measured="one standalone pruned prefill (every method keeps n tokens: the same work), layers < K "
                              "timed in the unpruned run",
         )
 
-    def _select(self, method: str, settings, n: int, hidden, attention, keys, grid, priors):
-        from d2pruner.methods import select
-
+    def _select(self, method: str, settings, n: int, hidden, attention, keys, grid, priors, sequence: dict):
+        extra = sequence if "seq_keys" in METHODS[method].requires else {}
         start = time.perf_counter()
-        chosen = select(method, n=n, hidden=hidden, attention=attention, grid=grid, prior=priors, keys=keys,
+        chosen = select(method, n=n, hidden=hidden, attention=attention, grid=grid, prior=priors, keys=keys, **extra,
                         **settings.params[method], **({"return_steps": True} if settings.steps else {}))
         seconds = time.perf_counter() - start
         if settings.steps:
@@ -333,9 +349,6 @@ class Analyzer:
         Returns:
             One :class:`~d2pruner.analysis.results.Generation` per pair, in order.
         """
-        from d2pruner.methods import METHODS, method_parameters
-        from d2pruner.presets import paper_settings
-
         images, prompts = list(images), list(prompts)
         if not images or len(images) != len(prompts):
             raise ValueError(f"images and prompts must be equally long and non-empty; got {len(images)} and "
@@ -370,8 +383,6 @@ class Analyzer:
 
     def _generate_batch(self, images, prompts, *, method, keep_ratio, keep, layer, grounding, max_new_tokens, prior,
                         params, used) -> list[Generation]:
-        from d2pruner.methods import select as select_tokens
-
         model, family = self.model, self.model_family
         prepared = [self._prepare(image, prompt, grounding=grounding) for image, prompt in zip(images, prompts,
                                                                                            strict=True)]
@@ -386,14 +397,16 @@ class Analyzer:
 
             def select_fn(inputs):
                 grid = inputs.grids[0] if len(inputs.grids) == 1 else inputs.grids
-                return select_tokens(method, n=budgets[inputs.row], hidden=inputs.hidden, attention=inputs.attention,
-                                     grid=grid, prior=maps[inputs.row], keys=inputs.keys, **params)
+                return select(method, n=budgets[inputs.row], hidden=inputs.hidden, attention=inputs.attention,
+                                     grid=grid, prior=maps[inputs.row], keys=inputs.keys,
+                                     **inputs.sequence_inputs(), **params)
 
         with torch.inference_mode():
             encoded = [family.encode_image(model, p.inputs) for p in prepared]
         batch = run.make_batch(family, model, prepared, encoded, self._pad_id)
+        sequence = method is not None and "seq_keys" in METHODS[method].requires
         ids, state, _ = run.generate_rows(model, batch, layer=layer, generation=self._generation_kwargs(
-            max_new_tokens), select=select_fn)
+            max_new_tokens), select=select_fn, capture_sequence=sequence)
         out = []
         for r, p in enumerate(prepared):
             answer = self._decode(ids[r], batch.length)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from d2pruner.methods import METHODS, build_method, method_parameters
+
 #: images whose shorter side is below this are upscaled (every family's processor needs a few patches)
 MIN_IMAGE_SIDE = 28
 #: aspect ratios above this are rejected (Qwen2.5-VL's processor limit, applied to every family)
@@ -125,8 +127,6 @@ def check_int(name: str, value, low: int, high: int | None = None) -> int:
 
 def check_methods(methods) -> tuple[str, ...]:
     """Method names from ``d2pruner.METHODS``: one name or a sequence of distinct names."""
-    from d2pruner.methods import METHODS
-
     choices = ", ".join(sorted(METHODS))
     if isinstance(methods, str):
         methods = (methods,)
@@ -150,8 +150,6 @@ def check_methods(methods) -> tuple[str, ...]:
 def route_params(methods: Sequence[str], params: dict) -> dict[str, dict]:
     """Route ``**method_params`` to every requested method that takes a parameter of that name, and check the
     values by building each method once (its dataclass validates and names the parameter)."""
-    from d2pruner.methods import METHODS, build_method, method_parameters
-
     routed: dict[str, dict] = {m: {} for m in methods}
     for key, value in params.items():
         takers = [m for m in methods if key in method_parameters(METHODS[m])]

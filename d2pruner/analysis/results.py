@@ -65,6 +65,9 @@ class AnalysisResult:
         generation_seconds: wall time of the methods' generation (all methods in one batched generation, or in
             ``generation_chunks`` chunks when memory required it).
         prefill_measured: how ``MethodResult.prefill_seconds`` was obtained.
+        layer_attention: [num_layers, N] float32 — the last prompt token's attention to each candidate at every
+            decoder layer (mean over heads), from the same unpruned forward; ``layer_attention_heads`` the same per
+            head [num_layers, H, N] (with ``analyze(heads=True)``, else None). Row K−1 is ``attention_flat``.
         prompt_tokens: the prompt's length L in tokens (visual tokens included).
         methods: method name → :class:`MethodResult`, in request order.
         notes: human-readable remarks (normalisations, missing prior, …).
@@ -103,6 +106,8 @@ class AnalysisResult:
     generation_seconds: float = 0.0
     generation_chunks: int = 1
     prefill_measured: str = ""
+    layer_attention: np.ndarray | None = None
+    layer_attention_heads: np.ndarray | None = None
 
 
 @dataclass

@@ -75,13 +75,16 @@ def generate_rows(
     select=None,
     replay: Prefix | None = None,
     record: bool = False,
+    capture_layers: bool = False,
+    capture_sequence: bool = False,
 ) -> tuple[torch.Tensor, PruneState, float]:
     """Generate for every row of ``batch`` under :func:`~d2pruner.pruning.prune`: kept sets ``keep`` (one per row)
     or ``select``, or nothing pruned (observe). Returns the generated ids, the state and the wall time."""
     sync(model)
     start = time.perf_counter()
     with torch.inference_mode(), prune(model, batch.tokens, layer=layer, keep=keep, select=select, replay=replay,
-                                       record=record) as state:
+                                       record=record, capture_layers=capture_layers,
+                                       capture_sequence=capture_sequence) as state:
         ids = model.generate(**batch.inputs, **generation)
     sync(model)
     return ids, state, time.perf_counter() - start

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from d2pruner.analysis.inputs import MAX_NEW_TOKENS, check_int, check_methods, keep_count, route_params
+from d2pruner.methods import METHODS
 
 #: what ``prior=`` accepts as a name
 PRIOR_NAMES = ("auto", "natural", "content-free", "uniform")
@@ -25,6 +26,7 @@ class AnalysisSettings:
         params: method → its hyperparameters.
         graph: α and θ of the displayed hybrid graph (D²Pruner's unless it is not requested: its defaults).
         steps: record each method's selection step by step.
+        heads: keep every layer's attention row per head.
     """
 
     methods: tuple[str, ...]
@@ -36,6 +38,7 @@ class AnalysisSettings:
     params: dict
     graph: dict
     steps: bool = False
+    heads: bool = False
 
     @classmethod
     def create(
@@ -49,11 +52,10 @@ class AnalysisSettings:
         max_new_tokens,
         prior,
         steps: bool = False,
+        heads: bool = False,
         **method_params,
     ) -> AnalysisSettings:
         """Check every setting; each problem is a ``ValueError`` naming the parameter."""
-        from d2pruner.methods import METHODS
-
         methods = check_methods(methods)
         keep_count(keep_ratio, 1)
         layer = check_int(f"layer (K; this model has {num_layers} decoder layers)", layer, 1, num_layers - 1)
@@ -62,10 +64,11 @@ class AnalysisSettings:
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS)
         if isinstance(prior, str) and prior not in PRIOR_NAMES:
             raise ValueError(f"prior must be one of {PRIOR_NAMES}, a Prior or tensors; got {prior!r}")
-        if not isinstance(steps, bool):
-            raise ValueError(f"steps must be True or False, got {steps!r}")
+        for name, flag in (("steps", steps), ("heads", heads)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         params = route_params(methods, method_params)
         defaults = {f.name: f.default for f in dataclasses.fields(METHODS["d2pruner"])}
         chosen = params.get("d2pruner", {})  # validated by route_params
         graph = {name: float(chosen.get(name, defaults[name])) for name in ("alpha", "theta")}
-        return cls(methods, float(keep_ratio), layer, grounding, max_new_tokens, prior, params, graph, steps)
+        return cls(methods, float(keep_ratio), layer, grounding, max_new_tokens, prior, params, graph, steps, heads)

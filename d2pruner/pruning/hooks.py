@@ -75,6 +75,8 @@ class PruneHooks:
         keep: torch.Tensor | Sequence[torch.Tensor] | None = None,
         record: bool = False,
         replay: Prefix | None = None,
+        capture_sequence: bool = False,
+        capture_layers: bool = False,
     ):
         self.model = model
         self.decoder = family_for(model).language_model(model)
@@ -100,6 +102,8 @@ class PruneHooks:
             record=record,
             replay=replay,
             additive_masks=self.inner == "eager",
+            capture_sequence=capture_sequence,
+            capture_layers=capture_layers,
         )
         self.key = f"d2pruner_{next(_COUNTER)}"
 
@@ -108,14 +112,13 @@ class PruneHooks:
         """The registered attention function: the real one, plus the attention-row capture at layer K−1."""
         inner = _eager_for(module) if self.inner == "eager" else _registered(self.inner)
         state = self.state
-        if (
-            getattr(module, "layer_idx", None) == self.layer - 1
-            and state.replay is None
-            and state.in_prefill
-            and query.shape[-2] == key.shape[-2]  # prefill from an empty cache
-        ):
-            scaling = kwargs.get("scaling")
-            state.capture_rows(query, key, attention_mask, scaling if scaling else module.scaling)
+        index = getattr(module, "layer_idx", None)
+        full = query.shape[-2] == key.shape[-2]  # a forward from an empty cache
+        scaling = kwargs.get("scaling") or module.scaling
+        if full and index == self.layer - 1 and state.replay is None and state.in_prefill:
+            state.capture_rows(query, key, attention_mask, scaling)
+        if full and index is not None and state.capture_layers and state.observe_only and state._prefill_forward:
+            state.capture_layer(index, query, key, attention_mask, scaling)
         return inner(module, query, key, value, attention_mask, **kwargs)
 
     def on_keys(self, module, args, output) -> None:
@@ -153,6 +156,8 @@ class PruneHooks:
         if index == self.layer:
             if state.in_prefill:
                 hidden = state.enter_layer_k(hidden, state._call_cache or find_cache(args, kwargs))
+                if state.capture_sequence:
+                    state.capture_normed(self.decoder.norm(hidden))
             state.begin_forward(hidden)
         if state._mode is None:
             return None if hidden is received else _with_hidden(hidden, args, kwargs)
@@ -219,6 +224,8 @@ def prune(
     keep: torch.Tensor | Sequence[torch.Tensor] | None = None,
     record: bool = False,
     replay: Prefix | None = None,
+    capture_sequence: bool = False,
+    capture_layers: bool = False,
 ) -> Iterator[PruneState]:
     """Prune visual tokens inside ``model`` at decoder layer ``layer`` for the forwards run inside the block.
 
@@ -235,6 +242,10 @@ def prune(
         record: keep what layers < K computed in ``state.prefix`` (a :class:`~d2pruner.pruning.Prefix`; one row).
         replay: a :class:`~d2pruner.pruning.Prefix` of the *same prompt*, broadcast to every row: layers < K are not
             recomputed.
+        capture_sequence: also keep the whole prompt's post-RoPE layer-(K−1) keys and the hidden states entering
+            layer K after the final norm (what ``dart-official`` selects from).
+        capture_layers: in observe mode, keep the last prompt token's attention row at every layer, per head
+            (``state.layer_rows``: layer → [B, H, L]).
 
     Yields:
         The :class:`~d2pruner.pruning.PruneState`, filled during the first (prefill) forward inside the block.
@@ -243,8 +254,10 @@ def prune(
     decode steps and continuations are never re-pruned. A context entered on a non-empty cache does nothing.
     Rows may keep different numbers of tokens: shorter rows get masked filler slots in front, like padding.
     """
-    with PruneHooks(model, tokens, layer=layer, select=select, keep=keep, record=record, replay=replay).active() as s:
-        yield s
+    hooks = PruneHooks(model, tokens, layer=layer, select=select, keep=keep, record=record, replay=replay,
+                       capture_sequence=capture_sequence, capture_layers=capture_layers)
+    with hooks.active() as state:
+        yield state
 
 
 class _EarlyExit(Exception):
@@ -252,7 +265,7 @@ class _EarlyExit(Exception):
 
 
 def capture(model: torch.nn.Module, tokens: VisualTokens | Sequence[VisualTokens], inputs: dict, *,
-            layer: int) -> PruneState:
+            layer: int, capture_layers: bool = False) -> PruneState:
     """Run only what the selection needs — the vision tower and layers < K — and stop (early exit).
 
     The state holds ``attention_row`` / ``attention`` (layer K−1), ``hidden`` (entering layer K) and ``keys``
@@ -263,12 +276,13 @@ def capture(model: torch.nn.Module, tokens: VisualTokens | Sequence[VisualTokens
         model, tokens: as for :func:`prune`.
         inputs: the model's forward inputs for the prompt(s).
         layer: K.
+        capture_layers: keep every layer's (< K) last-token attention row per head in ``state.layer_rows``.
     """
 
     def stop(module, args, kwargs):
         raise _EarlyExit
 
-    hooks = PruneHooks(model, tokens, layer=layer)
+    hooks = PruneHooks(model, tokens, layer=layer, capture_layers=capture_layers)
     with hooks.active() as state:
         handle = hooks.layers[layer].register_forward_pre_hook(stop, with_kwargs=True)  # after prune's own hook
         try:

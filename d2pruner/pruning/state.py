@@ -34,6 +34,10 @@ class PruneInputs:
         keys: [N, H_kv·d] pre-RoPE layer-(K−1) keys of the visual tokens, fp32, or None.
         grids: [(rows, cols), …] whose sizes sum to N.
         row: the batch row.
+        seq_keys / seq_normed / visual_index / text_mask: the whole prompt, for ``dart-official`` (captured with
+            ``prune(..., capture_sequence=True)``, else None): [L, H_kv·d] post-RoPE layer-(K−1) keys, [L, D] the
+            hidden states entering layer K after the decoder's final norm, [N] the candidates' sequence positions,
+            [L] True at text tokens.
     """
 
     hidden: torch.Tensor
@@ -41,6 +45,17 @@ class PruneInputs:
     keys: torch.Tensor | None
     grids: list[tuple[int, int]]
     row: int = 0
+    seq_keys: torch.Tensor | None = None
+    seq_normed: torch.Tensor | None = None
+    visual_index: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+
+    def sequence_inputs(self) -> dict:
+        """The whole-prompt inputs as ``d2pruner.select`` keywords (empty when they were not captured)."""
+        if self.seq_keys is None:
+            return {}
+        return {"seq_keys": self.seq_keys, "seq_normed": self.seq_normed, "visual_index": self.visual_index,
+                "text_mask": self.text_mask}
 
     @property
     def grid(self) -> tuple[int, int] | list[tuple[int, int]]:
@@ -82,6 +97,25 @@ class RowState:
     keys: torch.Tensor | None = None
     kept: torch.Tensor | None = None
     keep_positions: torch.Tensor | None = None
+    seq_keys: torch.Tensor | None = None  # [L, Dk] post-RoPE layer-(K-1) keys (capture_sequence)
+    seq_normed: torch.Tensor | None = None  # [L, D] entering layer K, after the final norm (capture_sequence)
+
+    def text_mask(self) -> torch.Tensor:
+        """[L] True at every token that is not visual (candidates and protected ones)."""
+        mask = torch.ones(self.tokens.seq_len, dtype=torch.bool)
+        mask[self.tokens.positions.cpu()] = False
+        mask[self.tokens.protected.cpu()] = False
+        return mask
+
+    def selection_inputs(self, row: int) -> PruneInputs:
+        """What the selection receives for this row."""
+        captured = self.seq_keys is not None
+        return PruneInputs(
+            hidden=self.hidden, attention=self.attention, keys=self.keys, grids=self.tokens.grid_shapes, row=row,
+            seq_keys=self.seq_keys, seq_normed=self.seq_normed,
+            visual_index=self.tokens.positions.to(self.hidden.device) if captured else None,
+            text_mask=self.text_mask().to(self.hidden.device) if captured else None,
+        )
 
     @property
     def num_kept(self) -> int | None:
@@ -104,6 +138,9 @@ class PruneState:
     record: bool = False
     replay: Prefix | None = None
     additive_masks: bool = False  # eager attention takes float masks; sdpa boolean ones
+    capture_sequence: bool = False  # also keep the whole prompt's post-RoPE keys and normed hidden (dart-official)
+    capture_layers: bool = False  # keep the last prompt token's attention row of every layer, per head
+    layer_rows: dict = field(default_factory=dict)  # layer index -> [B, H, L] (capture_layers)
     prefix: Prefix | None = None  # filled during the prefill when ``record``
     prefill_length: int | None = None
     prefill_seconds: float | None = None
@@ -113,6 +150,7 @@ class PruneState:
     _fillers: torch.Tensor | None = field(default=None, repr=False)  # [B, S] True for filler slots
     _call_past: int = field(default=0, repr=False)  # cached tokens when the current decoder call started
     _call_cache: Any = field(default=None, repr=False)  # the current decoder call's Cache object, if any
+    _prefill_forward: bool = field(default=False, repr=False)  # the current decoder call is the prefill
     _keys_full: torch.Tensor | None = field(default=None, repr=False)  # [B, L, Dk] layer K-1 k_proj output
     _memo: dict = field(default_factory=dict, repr=False)  # per forward: sliced tensors by id of the input
     _t0: float | None = field(default=None, repr=False)
@@ -155,6 +193,7 @@ class PruneState:
                 f"transformers {transformers_version()} is outside the range d2pruner supports"
             )
         self._call_past, self._call_cache = past, cache
+        self._prefill_forward = self.prefill_length is None and not self.inactive and past == 0
 
     @property
     def in_prefill(self) -> bool:
@@ -173,20 +212,23 @@ class PruneState:
 
     # ---- layer K-1: the attention row -----------------------------------------------------------------------
     def capture_rows(self, query, key, mask, scaling: float) -> None:
-        """Last-query-row attention probabilities of every batch row, mean over heads: [B, L_k] (fp32)."""
-        q = query[:, :, -1].float()  # [B, H, d]
-        k = key.float()  # [B, H_kv, L_k, d]
-        groups = q.shape[1] // k.shape[1]
-        k = k.repeat_interleave(groups, dim=1)  # GQA: query head h uses KV head h // groups
-        scores = torch.einsum("bhd,bhld->bhl", q, k) * scaling
-        if mask is not None:
-            if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
-                raise ValueError(f"unsupported attention mask type {type(mask).__name__} for attention capture")
-            row = mask[:, :, -1, : k.shape[2]]  # [B|1, 1, L_k]
-            scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
-        probs = torch.softmax(scores, dim=-1).mean(1)
+        """Layer K−1: every batch row's last-query-row attention probabilities, mean over heads: [L_k] (fp32)."""
+        probs = attention_probabilities(query, key, mask, scaling).mean(1)
         for b, state in enumerate(self.rows):
             state.attention_row = probs[b]
+        if self.capture_sequence:
+            keys = key.detach().float()  # [B, H_kv, L, d] after RoPE
+            for b, state in enumerate(self.rows):
+                state.seq_keys = keys[b].transpose(0, 1).reshape(keys.shape[2], -1)
+
+    def capture_layer(self, layer: int, query, key, mask, scaling: float) -> None:
+        """Any layer of the unpruned prefill: the last query row per head, [B, H, L_k] (``capture_layers``)."""
+        self.layer_rows[layer] = attention_probabilities(query, key, mask, scaling)
+
+    def capture_normed(self, normed: torch.Tensor) -> None:
+        """Layer K: the hidden states entering it after the decoder's final norm, per row [L, D]."""
+        for b, state in enumerate(self.rows):
+            state.seq_normed = normed[b].detach().float()
 
     # ---- layer K: enter, select, plan -----------------------------------------------------------------------
     def enter_layer_k(self, hidden: torch.Tensor, cache) -> torch.Tensor:
@@ -268,10 +310,7 @@ class PruneState:
                 state.keys = self._keys_full[r].index_select(0, pos.to(self._keys_full.device)).float()
             if self.observe_only:
                 continue
-            kept = self.fixed[r] if self.fixed is not None else self.select_fn(
-                PruneInputs(hidden=state.hidden, attention=state.attention, keys=state.keys,
-                            grids=tokens.grid_shapes, row=r)
-            )
+            kept = self.fixed[r] if self.fixed is not None else self.select_fn(state.selection_inputs(r))
             state.kept = _checked_kept(kept, tokens.num_candidates, r)
             keep = torch.ones(seq_len, dtype=torch.bool)
             keep[tokens.positions.cpu()] = False
@@ -354,6 +393,22 @@ class PruneState:
                 built = slicing.gather_mask(mask, query_slots, key_slots)
             self._memo[key] = (mask, slicing.mask_fillers(built, key_fillers, query_fillers))
         return self._memo[key][1]
+
+
+def attention_probabilities(query, key, mask, scaling: float) -> torch.Tensor:
+    """The last query row's attention probabilities per head: [B, H, L_k] (fp32, softmax over the whole sequence
+    with the mask as the model applies it; KV heads repeated for GQA)."""
+    q = query[:, :, -1].float()  # [B, H, d]
+    k = key.float()  # [B, H_kv, L_k, d]
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # GQA: query head h uses KV head h // groups
+    scores = torch.einsum("bhd,bhld->bhl", q, k) * scaling
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
+            raise ValueError(f"unsupported attention mask type {type(mask).__name__} for attention capture")
+        row = mask[:, :, -1, : k.shape[2]]  # [B|1, 1, L_k]
+        scores = scores.masked_fill(~row, float("-inf")) if row.dtype == torch.bool else scores + row.float()
+    return torch.softmax(scores, dim=-1)
 
 
 def _checked_kept(kept, num_candidates: int, row: int) -> torch.Tensor:
