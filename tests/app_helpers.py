@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -55,38 +56,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclasses.dataclass
+class AppProcess:
+    """A started ``python app.py`` server: its process, URL and log file."""
+
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+    log: object
+
+    def wait_ready(self, timeout: float = 120.0) -> str:
+        """Block until the app answers (its URL), or raise with the end of its log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"app.py exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "config", timeout=2) as response:
+                    if response.status == 200:
+                        return self.url
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                log = self.log_path.read_text()[-3000:]
+                raise TimeoutError(f"app.py did not answer within {timeout:.0f} s:\n{log}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+        self.log.close()
+
+
+def start_app(*args: str, name: str = "app", env: dict | None = None) -> AppProcess:
+    """Start ``python app.py --host 127.0.0.1 --port <free> *args`` offline (HF_HUB_OFFLINE=1) without waiting for
+    it (several can start at once; :meth:`AppProcess.wait_ready`, then :meth:`AppProcess.stop`). Its output goes to
+    ``tests/artifacts/<name>.log``; ``env`` adds environment variables."""
+    port = free_port()
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+                **(env or {})}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log_path = ARTIFACTS / f"{name}.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *args],
+                            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    return AppProcess(proc, f"http://127.0.0.1:{port}/", log_path, log)
+
+
 @contextlib.contextmanager
 def running_app(*args: str, name: str = "app", timeout: float = 120.0) -> Iterator[str]:
     """``python app.py --host 127.0.0.1 --port <free> *args`` offline (HF_HUB_OFFLINE=1, so the default model
     falls back to tiny-llava at once); yields its URL once it answers, and stops it afterwards. Its output goes to
     ``tests/artifacts/<name>.log``."""
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log_path = ARTIFACTS / f"{name}.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
-                                 *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/"
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-                try:
-                    with urllib.request.urlopen(url + "config", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"app.py did not answer within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+    app = start_app(*args, name=name)
+    try:
+        yield app.wait_ready(timeout)
+    finally:
+        app.stop()
