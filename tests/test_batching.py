@@ -120,11 +120,18 @@ def test_batched_bad_input_says_what_was_expected(tiny_models, test_image):
     batch = _stack([inputs, inputs])
     with pytest.raises(ValueError, match=r"one index tensor per batch row \(2\), got 3"):
         prune(model, [tokens, tokens], layer=1, keep=[torch.arange(2)] * 3).__enter__()
-    with pytest.raises(ValueError, match=r"indices of row 1 must lie in \[0, 64\)"), torch.no_grad():  # noqa: PT012
-        with prune(model, [tokens, tokens], layer=1, keep=[torch.arange(2), torch.tensor([3, 64])]):
-            model(**batch)
-    with pytest.raises(ValueError, match="the batch has 2 rows but prune\\(\\) was given 3"), torch.no_grad():  # noqa: PT012
-        with prune(model, [tokens] * 3, layer=1, keep=[torch.arange(2)] * 3):
-            model(**batch)
+    out_of_range = [torch.arange(2), torch.tensor([3, 64])]
+    with (
+        pytest.raises(ValueError, match=r"indices of row 1 must lie in \[0, 64\)"),
+        torch.no_grad(),
+        prune(model, [tokens, tokens], layer=1, keep=out_of_range),
+    ):
+        model(**batch)
+    with (
+        pytest.raises(ValueError, match=r"the batch has 2 rows but prune\(\) was given 3"),
+        torch.no_grad(),
+        prune(model, [tokens] * 3, layer=1, keep=[torch.arange(2)] * 3),
+    ):
+        model(**batch)
     with pytest.raises(ValueError, match="non-empty list"):
         prune(model, [], layer=1).__enter__()

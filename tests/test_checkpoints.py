@@ -7,7 +7,7 @@ and the app (``python app.py --model folder``, newest stack).
 What must hold for the real models: LLaVA-1.5 has 576 candidates for every image; LLaVA-NeXT's grids + newlines,
 Qwen2.5-VL's grid and InternVL's tiles are what the real processors produce; the model is fed exactly the real
 chat template's rendering, with each family's grounding prompt; token regions tile the image; keep-all is the
-unmodified model. Findings the real files revealed are ``xfail(strict=True)`` tests named by finding id (F1…).
+unmodified model. Each finding the real files revealed (F1…) has its test below, named in a comment.
 
 Skipped, with the reason, only when the shared folder is absent — and never in CI (``$CI`` set: absence fails).
 """
@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 import d2pruner
-from d2pruner.adapters import ProcessorParts, prune
-from d2pruner.grounding import GROUNDING_PROMPTS, format_answer, original_to_model, parse_box
+from d2pruner.families import ProcessorParts
+from d2pruner.pruning import prune
 
 NAMES = tuple(ck.FOLDERS)
 FAMILY = {name: family for name, (family, _) in ck.FOLDERS.items()}
@@ -184,10 +184,7 @@ def real_token_count(analyzer, image) -> tuple[int, dict]:
 
 def analyzer_layout(analyzer, size: tuple[int, int]):
     """The layout the analyzer builds for an image of ``size`` (its own call, without running the model)."""
-    from d2pruner.layout import layout_from_processor
-
-    overrides = analyzer.adapter.layout_overrides(analyzer.model)
-    return layout_from_processor(analyzer.family, size, analyzer.processor, **overrides)
+    return analyzer.model_family.layout(size, analyzer.processor, analyzer.model)
 
 
 def grid_regions(layout, name: str) -> np.ndarray:
@@ -379,7 +376,7 @@ def test_llava_next_regions_follow_the_real_canvas(built):
     """The high-res canvas of the real LLaVA-NeXT image processor (the image's pixels inside the padded
     pinpoint canvas) is where the layout puts it; the base grid tiles the whole image, the high-res grid too up
     to the feature rows / columns unpadding drops (< one token cell)."""
-    from d2pruner.layout import select_best_resolution
+    from d2pruner.families.llava_next import select_best_resolution
 
     analyzer = built.analyzer("llava-v1.6-vicuna-7b-hf")
     ip = image_processor(analyzer)
@@ -442,8 +439,8 @@ def test_qwen_and_internvl_fallback_equals_the_real_processor(built):
         parts = ProcessorParts(transformers.AutoTokenizer.from_pretrained(path),
                                transformers.AutoImageProcessor.from_pretrained(path))
         for size in [(300, 150), (640, 480)]:
-            real = analyzer.adapter.build_inputs(analyzer.model, analyzer.processor, photo(size), PROMPT)
-            fallback = analyzer.adapter.build_inputs(analyzer.model, parts, photo(size), PROMPT)
+            real = analyzer.model_family.build_inputs(analyzer.model, analyzer.processor, photo(size), PROMPT)
+            fallback = analyzer.model_family.build_inputs(analyzer.model, parts, photo(size), PROMPT)
             assert sorted(real) == sorted(fallback), name
             for key, value in real.items():
                 assert torch.equal(value, fallback[key].to(value.dtype)), (name, size, key)
@@ -485,7 +482,7 @@ def test_analyze_question_and_grounding(built, name):
         grounded = analyzer.analyze(image, EXPRESSION, grounding=True, methods=("fastv", "d2pruner"),
                                     keep_ratio=0.25, layer=layer, max_new_tokens=2, prior="uniform", **settings)
     assert grounded.layer == (5 if family == "llava" else 2)
-    assert grounded.question == GROUNDING_PROMPTS[family].format(expr=EXPRESSION)
+    assert grounded.question == analyzer.model_family.grounding_template.format(expr=EXPRESSION)
     assert_fed_the_real_template(analyzer, folder, image, fed.ids, grounded.question)
     if family == "internvl":  # <ref> … </ref> are single special tokens, as InternVL was trained with them
         for marker in ("<ref>", "</ref>"):
@@ -503,8 +500,9 @@ def test_analyze_question_and_grounding(built, name):
         assert box is None or (0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h)
     assert all(m.box is None for m in question.methods.values())
     gt = (0.3 * w, 0.35 * h, 0.45 * w, 0.6 * h)  # inside every family's frame (LLaVA-1.5: the centre crop)
-    answer = format_answer(family, original_to_model(family, gt, grounded.layout))
-    scaled = parse_box(answer, grounded.layout)
+    spec = analyzer.model_family
+    answer = spec.format_answer(spec.to_model_units(gt, grounded.layout))
+    scaled = spec.parse_box(answer, grounded.layout)
     tolerance = 1.0 if family in ("qwen2_5_vl", "internvl") else 0.01 * max(w, h)  # integer / 2-decimal units
     np.testing.assert_allclose(scaled, gt, atol=tolerance)
 
@@ -514,12 +512,12 @@ def test_keep_all_is_the_unmodified_model(built, name):
     """keep_ratio = 1: every method's answer is the vanilla answer, which is plain ``generate`` of the unmodified
     model; and one forward inside ``prune(keep=all)`` gives bit-identical logits."""
     analyzer = built.analyzer(name)
-    model, adapter = analyzer.model, analyzer.adapter
+    model, spec = analyzer.model, analyzer.model_family
     image = photo(RUN_SIZE[FAMILY[name]])
     result = analyzer.analyze(image, PROMPT, methods=("fastv", "d2pruner"), keep_ratio=1.0, layer=2,
                               max_new_tokens=3, prior="uniform")
-    inputs = adapter.build_inputs(model, analyzer.processor, image, PROMPT)
-    tokens = adapter.visual_tokens(model, inputs)
+    inputs = spec.build_inputs(model, analyzer.processor, image, PROMPT)
+    tokens = spec.tokens_for(model, analyzer.processor, image.size, inputs)
     with torch.inference_mode():
         plain_ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         plain_logits = model(**inputs).logits
@@ -569,18 +567,18 @@ ROLES = {"llava": {"image"}, "llava_next": {"base", "highres"}, "qwen2_5_vl": {"
 
 @pytest.mark.parametrize("name", NAMES)
 def test_prior_calibration(built, calibration_images, monkeypatch, name):
-    """A prior calibrated by the CLI (``python -m d2pruner.priors calibrate``, in-process) on a few images is what
+    """A prior calibrated by the CLI (``python -m d2pruner.calibrate``, in-process) on a few images is what
     ``get_prior`` then serves and ``analyze(prior="auto")`` uses; ``get_prior`` of an uncalibrated layer calibrates
     (from the bundled-images folder, here a 3-image stand-in) and saves it."""
-    from d2pruner import calibration
-    from d2pruner.priors import prior_filename
+    import d2pruner.calibrate as calibration_cli
+    from d2pruner.priors import calibration, prior_filename
 
     analyzer = built.analyzer(name)
     family = FAMILY[name]
     path = str(built.folder(name).path)
     out = built.priors / prior_filename(path, 2)
-    code = calibration.main(["calibrate", "--model", path, "--images", str(calibration_images), "--num", "3",
-                             "--layer", "2", "--out", str(out), "--no-speedup"])
+    code = calibration_cli.main(["--model", path, "--images", str(calibration_images), "--num", "3",
+                                 "--layer", "2", "--out", str(out), "--no-speedup"])
     assert code == 0 and out.is_file()
     prior = analyzer.get_prior(2)  # no test before asks this analyzer for a prior: served from the CLI's file
     assert prior.num_images == 3 and prior.layer == 2 and str(calibration_images) in prior.source
@@ -644,8 +642,7 @@ def test_app_analyzes_the_checkpoint(built, apps, tmp_path, name):
 
 # ---------------------------------------------------------------------------------------------------- findings
 @pytest.mark.newest_stack
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="F1: a tokenizer without video_token crashes load (AttributeError escapes the fallback)")
+# F1 (found by these files, fixed): a tokenizer without video_token crashes load (AttributeError escapes the fallback)
 def test_internvl_files_as_shipped_load(built):
     """The InternVL folder as it is (byte copies): building ``InternVLProcessor`` fails with AttributeError
     (``tokenizer.video_token``); ``_from_pretrained`` falls back only on ImportError / OSError / ValueError /
@@ -658,8 +655,7 @@ def test_internvl_files_as_shipped_load(built):
     assert obs.attention_flat.size == 3 * 256
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="F3: the InternVL fallback does not pass crop_to_patches=True: 1 tile vs the layout's tiles")
+# F3 (found by these files, fixed): the InternVL fallback did not pass crop_to_patches=True (1 tile, not the layout's)
 def test_internvl_fallback_tiles_like_the_processor(built):
     """With ``crop_to_patches: false`` in ``preprocessor_config.json`` (what the conversion recipe writes),
     ``InternVLProcessor`` still tiles (it passes ``crop_to_patches=True`` on every call) but the fallback of the
@@ -678,12 +674,11 @@ def test_internvl_fallback_tiles_like_the_processor(built):
     assert len(obs.grids) == 3 and obs.attention_flat.size == 3 * 256
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="F2: a relative checkpoint path ('./folder') cannot name its prior file")
+# F2 (found by these files, fixed): a relative checkpoint path ('./folder') cannot name its prior file
 def test_relative_checkpoint_path_gets_a_prior(built, calibration_images, monkeypatch):
     """``d2pruner.load("./llava-1.5-7b-hf")`` works, but its prior cannot be stored or found: ``prior_filename``
     refuses ids that start with '.', so ``get_prior`` / ``analyze(prior="auto")`` (the default) raise ValueError."""
-    from d2pruner import calibration
+    from d2pruner.priors import calibration
 
     shrunk = built.byte_copy("llava-1.5-7b-hf")
     monkeypatch.chdir(shrunk.path.parent)
@@ -694,8 +689,7 @@ def test_relative_checkpoint_path_gets_a_prior(built, calibration_images, monkey
     assert result.prior_source.startswith("natural prior")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="F5: images with a side < 28 px are upscaled first: Qwen2.5-VL gets other tokens")
+# F5 (found by these files, fixed): images with a side < 28 px are upscaled first: Qwen2.5-VL gets other tokens
 def test_thin_image_tokens_are_the_real_processors(built):
     """The real Qwen2.5-VL processor takes a 10×1000 image as it is (smart_resize to min_pixels: 20×1 = 20 tokens);
     ``fit_image`` first upscales it to 28×2800 (shorter side below 28), so the model sees 100×1 = 100 tokens."""
@@ -705,24 +699,24 @@ def test_thin_image_tokens_are_the_real_processors(built):
     assert analyzer.observe(image, PROMPT, layer=1).attention_flat.size == count
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="F6: images above max_pixels are downscaled before smart_resize: Qwen grid off by a row")
+# F6 (found by these files, fixed): images above max_pixels are downscaled before smart_resize: Qwen grid off by a row
 def test_large_image_grid_is_the_real_processors(built):
     """A 3000×4500 photo (13.5 MP, above max_pixels 12 845 056): the real processor's ``smart_resize`` gives
     156×104 tokens; the analyzer first downscales to 2926×4389 (``fit_image``), whose ``smart_resize`` rounds to
     157×104. Checked without the model (16 000 tokens): the analyzer's own two calls, as in ``_prepare``."""
-    from d2pruner.analyzer import fit_image
+    from d2pruner.analysis.inputs import fit_image
 
     analyzer = built.analyzer("qwen2.5-vl-3b-instruct")
     image = Image.new("RGB", (3000, 4500), (120, 90, 60))
     _, extra = real_token_count(analyzer, image)
-    processed, _ = fit_image(image, analyzer.adapter.max_image_pixels)
+    spec = analyzer.model_family
+    processed, _ = fit_image(image, spec.max_image_pixels, spec.min_image_side)
     layout = analyzer_layout(analyzer, processed.size)
     assert (layout.grids[0].rows, layout.grids[0].cols) == (extra["image_grid_thw"][1] // 2,
                                                              extra["image_grid_thw"][2] // 2)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="F4: load() rejects a pathlib.Path to a checkpoint folder")
+# F4 (found by these files, fixed): load() rejects a pathlib.Path to a checkpoint folder
 def test_load_takes_a_path_object(built):
     analyzer = d2pruner.load(built.byte_copy("llava-1.5-7b-hf").path)
     assert analyzer.family == "llava"

@@ -57,7 +57,11 @@ PRESET_TASKS = ("understanding", "localization")
 
 
 def load(
-    name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None, *, attn_implementation="sdpa"
+    name: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    *,
+    attn_implementation="sdpa",
 ) -> Analyzer:
     """Load a model and its preprocessing once; return an :class:`Analyzer`.
 
@@ -69,8 +73,12 @@ def load(
         dtype: default float32 on CPU and the checkpoint's dtype (``"auto"``) otherwise.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
     """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if not isinstance(name, str) or not name.strip():
         raise ValueError("model name must be a non-empty string")
+    if os.path.isdir(name):  # a local checkpoint: one stable id (its prior files' name), however it was spelled
+        name = os.path.abspath(name)
     if attn_implementation not in ("sdpa", "eager"):
         raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device is None else torch.device(device)

@@ -76,7 +76,7 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.round((arr - lo) / (hi - lo) * 255.0).astype(np.uint8)
 
 
-def fit_image(image, max_pixels: int) -> tuple[object, list[str]]:
+def fit_image(image, max_pixels: int | None, min_side: int = MIN_IMAGE_SIDE) -> tuple[object, list[str]]:
     """Downscale above ``max_pixels`` / upscale below :data:`MIN_IMAGE_SIDE` (aspect kept); notes say so."""
     from PIL import Image
 
@@ -84,16 +84,16 @@ def fit_image(image, max_pixels: int) -> tuple[object, list[str]]:
     if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
         raise ValueError(f"image aspect ratio {max(w, h) / min(w, h):.0f}:1 exceeds {MAX_ASPECT_RATIO:.0f}:1")
     notes = []
-    if w * h > max_pixels:
+    if max_pixels is not None and w * h > max_pixels:
         scale = math.sqrt(max_pixels / (w * h))
         size = (max(1, math.floor(w * scale)), max(1, math.floor(h * scale)))
         image = image.resize(size, Image.BICUBIC)
         notes.append(f"image downscaled from {w}x{h} to {size[0]}x{size[1]} (family maximum {max_pixels} pixels)")
-    elif min(w, h) < MIN_IMAGE_SIDE:
-        scale = MIN_IMAGE_SIDE / min(w, h)
-        size = (max(MIN_IMAGE_SIDE, round(w * scale)), max(MIN_IMAGE_SIDE, round(h * scale)))
+    elif min(w, h) < min_side:
+        scale = min_side / min(w, h)
+        size = (max(min_side, round(w * scale)), max(min_side, round(h * scale)))
         image = image.resize(size, Image.NEAREST)
-        notes.append(f"image upscaled from {w}x{h} to {size[0]}x{size[1]} (shorter side below {MIN_IMAGE_SIDE} px)")
+        notes.append(f"image upscaled from {w}x{h} to {size[0]}x{size[1]} (shorter side below {min_side} px)")
     return image, notes
 
 

@@ -65,7 +65,7 @@ def prepare(family, model, processor, image, prompt: str, *, grounding: bool = F
     """Check and normalise the image and prompt, build the model inputs and place the visual tokens."""
     prompt = check_prompt(prompt, what=what)
     rgb = to_rgb(image)
-    processed, notes = fit_image(rgb, family.max_image_pixels)
+    processed, notes = fit_image(rgb, family.max_image_pixels, family.min_image_side)
     question = family.grounding_prompt(prompt) if grounding else prompt
     device = next(model.parameters()).device
     inputs = family.build_inputs(model, processor, processed, question)

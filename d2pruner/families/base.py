@@ -74,7 +74,9 @@ class Family:
         tiny_name: the name of its tiny random model (``"tiny-llava"``).
         name_hints: lower-case substrings of hub ids of this family (to guess a stand-in when offline).
         checkpoints: the supported hub checkpoints.
-        max_image_pixels: images with more pixels are downscaled (aspect kept) before preprocessing.
+        max_image_pixels: images with more pixels are downscaled (aspect kept) before preprocessing (None: the
+            processor caps the size itself, and a downscale first would change its grid).
+        min_image_side: images whose shorter side is below this are upscaled first (1: the processor copes).
         grounding_template: the grounding question, ``{expr}`` = the referring expression.
         box_units: model units per frame side of its box numbers (1.0 for 0–1, 1000.0 for 0–1000), None = pixels
             of the frame.
@@ -90,7 +92,8 @@ class Family:
     tiny_name: ClassVar[str] = ""
     name_hints: ClassVar[tuple[str, ...]] = ()
     checkpoints: ClassVar[tuple[Checkpoint, ...]] = ()
-    max_image_pixels: ClassVar[int] = 2048 * 2048
+    max_image_pixels: ClassVar[int | None] = 2048 * 2048
+    min_image_side: ClassVar[int] = 28
     grounding_template: ClassVar[str] = (
         "Please provide the bounding box coordinate of the region this sentence describes: {expr}"
     )
@@ -118,7 +121,8 @@ class Family:
 
         try:
             return transformers.AutoProcessor.from_pretrained(name, trust_remote_code=False), []
-        except (ImportError, OSError, ValueError, TypeError) as err:
+        except (ImportError, OSError, ValueError, TypeError, AttributeError) as err:
+            # AttributeError: e.g. a processor that reads a special token its tokenizer config lacks
             if not self.needs_torchvision:
                 raise
             parts = ProcessorParts(

@@ -164,7 +164,11 @@ class InternVL(Family):
     def build_inputs(self, model, processor, image, prompt: str) -> dict:
         if not isinstance(processor, ProcessorParts):
             return super().build_inputs(model, processor, image, prompt)
-        pixel_values = processor.image_processor(images=image, return_tensors="pt")["pixel_values"]
+        # InternVLProcessor passes crop_to_patches=True on every call, whatever preprocessor_config.json says (the
+        # published -hf checkpoints ship False)
+        pixel_values = processor.image_processor(images=image, crop_to_patches=True, return_tensors="pt")[
+            "pixel_values"
+        ]
         n = pixel_values.shape[0] * self.tile_side(model) ** 2
         text = TEMPLATE.format(image="<IMG_CONTEXT>" * n, prompt=prompt)
         inputs = dict(processor.tokenizer(text, return_tensors="pt"))

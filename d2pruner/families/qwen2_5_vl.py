@@ -126,7 +126,10 @@ class Qwen2_5_VL(Family):
     model_class: ClassVar[str] = "Qwen2_5_VLForConditionalGeneration"
     tiny_name: ClassVar[str] = "tiny-qwen2.5-vl"
     name_hints: ClassVar[tuple[str, ...]] = ("qwen2.5-vl", "qwen2_5_vl", "qwen2.5vl")
-    max_image_pixels: ClassVar[int] = MAX_PIXELS
+    # smart_resize caps the size at max_pixels and scales tiny images up to min_pixels itself: resizing first would
+    # round to another grid (a 3000×4500 photo: 157×104 tokens instead of the processor's 156×104)
+    max_image_pixels: ClassVar[int | None] = None
+    min_image_side: ClassVar[int] = 1
     grounding_template: ClassVar[str] = "Locate {expr} in the image, output its bbox coordinates using JSON format."
     box_units: ClassVar[float | None] = None
     box_frame: ClassVar[str] = "absolute pixels of the resized processor input (w̄ × h̄)"
