@@ -36,8 +36,9 @@ def launch_command(config: Path) -> list[str]:
     """``accelerate launch`` with two CPU processes: ``--cpu --num_processes 2`` starts ONE process in accelerate
     1.15 (its multi-CPU path needs MPI); the multi-process launcher plus ``ACCELERATE_USE_CPU=1`` starts two, on
     gloo."""
-    accelerate = Path(sys.executable).with_name("accelerate")
-    return [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    script = Path(sys.executable).with_name("accelerate")
+    accelerate = [str(script)] if script.exists() else [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
+    return [*accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmms_eval", "--config", str(config)]
 
 

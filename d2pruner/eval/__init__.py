@@ -6,8 +6,10 @@
 - :mod:`d2pruner.eval.refcoco` — the strict RefCOCO protocol's ``doc_to_text`` / ``process_results`` / metrics;
 - :mod:`d2pruner.eval.examples` — the offline task built from the bundled example photos;
 - ``d2pruner/eval/tasks/`` — the task YAMLs (``--include_path``: :data:`TASKS_DIR`);
-- :mod:`d2pruner.eval.results`, :mod:`d2pruner.eval.svg` — reading lmms-eval's output folders, the plot
-  (``python -m d2pruner.report``).
+- :mod:`d2pruner.eval.sweep` — an lmms-eval ``--config`` list for methods × keep ratios (``python -m
+  d2pruner.eval.sweep``);
+- :mod:`d2pruner.eval.results`, :mod:`d2pruner.eval.markdown`, :mod:`d2pruner.eval.svg` — reading lmms-eval's
+  output folders, the table, the plot (``python -m d2pruner.report``).
 
 Importing this package imports nothing from lmms-eval.
 """
