@@ -29,7 +29,7 @@ from lmms_eval.api.model import lmms
 from loguru import logger
 from tqdm import tqdm
 
-import d2pruner
+from d2pruner.analysis import load
 from d2pruner.eval.box_text import format_box
 from d2pruner.eval.settings import EvalSettings, parse_model_args
 from d2pruner.eval.task_generation import TaskGeneration, cut_at_stop, task_generation
@@ -73,7 +73,7 @@ class D2PrunerLMM(lmms):
         self._rank = self.accelerator.process_index
         self._world_size = self.accelerator.num_processes
         self._device = _process_device(self.settings.device, self.accelerator)
-        self.analyzer = d2pruner.load(self.settings.pretrained, device=self._device, dtype=self.settings.torch_dtype)
+        self.analyzer = load(self.settings.pretrained, device=self._device, dtype=self.settings.torch_dtype)
         self._warned: set[str] = set()
         if self._rank == 0:
             logger.info(f"d2pruner: {self.settings.pretrained} ({self.analyzer.family}) on {self._world_size} "

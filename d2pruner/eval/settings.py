@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from d2pruner.methods import METHODS, method_parameters
+
 #: ``method=none`` (or no method) evaluates the unpruned model through the same code path
 UNPRUNED = "none"
 PRESETS = ("understanding", "localization")
@@ -86,15 +88,11 @@ class EvalSettings:
 
 
 def _method_names() -> list[str]:
-    from d2pruner import METHODS
-
     return sorted(METHODS)
 
 
 def _method_parameters(method: str) -> list[str]:
-    from d2pruner import METHODS
-
-    return [f.name for f in dataclasses.fields(METHODS[method]) if f.init]
+    return method_parameters(METHODS[method])
 
 
 def _positive_int(name: str, value) -> int:
