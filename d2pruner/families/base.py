@@ -105,6 +105,8 @@ class Family:
     #: name of a decoder method ``(hidden [B, L, D], mask [B, L] bool, features [M, D]) -> hidden`` that adds
     #: per-visual-token features after the first :meth:`injected_layers` layers (Qwen3-VL's DeepStack), or None
     feature_injection: ClassVar[str | None] = None
+    #: K of the paper's localization runs (Implementation Details: 2, but 5 for LLaVA-1.5 localization)
+    paper_localization_layer: ClassVar[int] = 2
 
     # ---- anatomy ------------------------------------------------------------------------------------------
     def language_model(self, model) -> torch.nn.Module:
