@@ -36,13 +36,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-import torch
-
 from d2pruner.families.base import Checkpoint, ProcessorParts, arch
-from d2pruner.families.llava import size_field
-from d2pruner.families.qwen2_5_vl import Qwen2_5_VL, qwen2_5_vl_layout
+from d2pruner.families.qwen2_5_vl import Qwen2_5_VL
 from d2pruner.families.tiny import instantiate, text_config, tiny_tokenizer, token_id
-from d2pruner.geometry import VisualLayout
 
 #: ``size`` of the Qwen3-VL checkpoints' ``preprocessor_config.json`` (pixels)
 MIN_PIXELS = 65536
@@ -69,6 +65,9 @@ class Qwen3VL(Qwen2_5_VL):
     name_hints: ClassVar[tuple[str, ...]] = ("qwen3-vl", "qwen3_vl", "qwen3vl")
     box_units: ClassVar[float | None] = 1000.0
     box_frame: ClassVar[str] = "0–1000 of the image (relative)"
+    default_patch_size: ClassVar[int] = 16
+    default_pixels: ClassVar[tuple[int, int]] = (MIN_PIXELS, MAX_PIXELS)
+    fallback_template: ClassVar[str] = TEMPLATE
     #: the decoder method that adds per-visual-token features after its first layers (see the module docstring)
     feature_injection: ClassVar[str | None] = "_deepstack_process"
     # Public copies of the checkpoints' config.json (text_config): Qwen3-VL-2B 28 × 2048, FFN 6144, 16 heads, 8 KV
@@ -87,33 +86,6 @@ class Qwen3VL(Qwen2_5_VL):
     def injected_layers(self, model) -> int:
         """How many decoder layers get DeepStack features added after them (layers 0 … n−1)."""
         return len(getattr(model.config.vision_config, "deepstack_visual_indexes", ()) or ())
-
-    def layout(self, image_size: tuple[int, int], processor, model) -> VisualLayout:
-        ip = self.image_processor(processor)
-        return qwen2_5_vl_layout(
-            image_size,
-            min_pixels=size_field(ip.size, "shortest_edge") or MIN_PIXELS,
-            max_pixels=size_field(ip.size, "longest_edge") or MAX_PIXELS,
-            patch_size=int(getattr(ip, "patch_size", 16)),
-            merge_size=int(getattr(ip, "merge_size", 2)),
-            family=self.name,
-        )
-
-    def build_inputs(self, model, processor, image, prompt: str) -> dict:
-        if not isinstance(processor, ProcessorParts):
-            inputs = dict(processor(images=image, text=self.chat_text(processor, prompt), return_tensors="pt"))
-        else:
-            pixels = processor.image_processor(images=image, return_tensors="pt")
-            thw = pixels["image_grid_thw"]
-            n = int(thw[0].prod()) // self.merge_size(model) ** 2
-            inputs = dict(processor.tokenizer(TEMPLATE.format(image="<|image_pad|>" * n, prompt=prompt),
-                                              return_tensors="pt"))
-            inputs.update(pixel_values=pixels["pixel_values"], image_grid_thw=thw)
-        if "mm_token_type_ids" not in inputs:
-            image_id = self.tokenizer(processor).convert_tokens_to_ids("<|image_pad|>")
-            inputs["mm_token_type_ids"] = (inputs["input_ids"] == image_id).to(torch.int32)
-        inputs.pop("token_type_ids", None)
-        return inputs
 
     def merge_encoded(self, encoded: Sequence[dict]) -> dict:
         """Per-image features and every DeepStack level's per-image features, joined in row order."""
