@@ -10,7 +10,7 @@ tokens) and LLaVA-NeXT-7B (2,880) language models at 4 of their 32 layers, built
 Measured per configuration: wall time of ``analyze`` (medians over interleaved repetitions, the configurations
 rotating their order), and peak memory above what was allocated before the call (CUDA:
 ``torch.cuda.max_memory_allocated``; CPU: the peak resident set size sampled every 2 ms). Prior "uniform" (no
-calibration), greedy decoding of ``--max-new-tokens`` tokens, keep ratio 1/4, K = 2.
+calibration), greedy decoding of ``--max-new-tokens`` tokens, keep ratios 1/4 and 1/9, K = 2.
 
     python bench/analysis.py                 # CPU -> bench/results/analysis-cpu.md (+ .json)
     python bench/analysis.py --device cuda   # GPU -> bench/results/analysis-gpu.md (+ .json)
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shapes", nargs="+", default=[*TINY, *REAL], choices=[*TINY, *REAL])
     parser.add_argument("--runs", type=int, default=None, help="repetitions (default: 5 tiny, 3 real width)")
     parser.add_argument("--max-new-tokens", type=int, default=24, help="greedy answer length (default: 24)")
+    parser.add_argument("--keep-ratios", nargs="+", type=float, default=[0.25, 1 / 9],
+                        help="keep ratios (default: 1/4 and 1/9, the paper's 11.1 %%)")
     parser.add_argument("--layers", type=int, default=None, help="real-width depth (default: 4 on CPU, 32 on CUDA)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     parser.add_argument("--out", type=Path, default=None, help="markdown output (default: bench/results/…)")
@@ -123,10 +125,9 @@ def _rss() -> float:
         return float(f.read().split()[1]) * 4096
 
 
-def measure(shape: str, args) -> dict:
-    analyzer, image = build(shape, args)
+def measure(analyzer, image, shape: str, keep_ratio: float, args) -> dict:
     runs = args.runs or (5 if shape in TINY else 3)
-    common = dict(keep_ratio=0.25, layer=2, max_new_tokens=args.max_new_tokens, prior="uniform")
+    common = dict(keep_ratio=keep_ratio, layer=2, max_new_tokens=args.max_new_tokens, prior="uniform")
     for _, methods, batch in CONFIGS:  # warm-up, untimed
         analyzer.analyze(image, PROMPT, methods=methods, method_batch=batch, **common)
     times = {label: [] for label, _, _ in CONFIGS}
@@ -144,7 +145,8 @@ def measure(shape: str, args) -> dict:
     assert answers["six, one by one"] == answers["six, batched"], "batched answers differ from one by one"
     one = statistics.median(times["one method"])
     return {
-        "shape": shape, "num_candidates": result.num_candidates, "n": result.n, "prompt_tokens": result.prompt_tokens,
+        "shape": shape, "keep_ratio": keep_ratio, "num_candidates": result.num_candidates, "n": result.n,
+        "prompt_tokens": result.prompt_tokens,
         "runs": runs, "layers": analyzer.num_layers,
         "configs": {label: {"median_s": statistics.median(t), "ratio": statistics.median(t) / one,
                             "peak_mb": statistics.median(peaks[label]) / 1e6} for label, t in times.items()},
@@ -157,16 +159,17 @@ def render(rows: list[dict], args) -> str:
         f"# analyze(): six methods vs one — batched in one generation vs one by one ({device})",
         "",
         f"{date.today().isoformat()} · torch {torch.__version__} · transformers "
-        f"{__import__('transformers').__version__} · {args.threads} thread(s) · keep 1/4 · K = 2 · "
+        f"{__import__('transformers').__version__} · {args.threads} thread(s) · K = 2 · "
         f"{args.max_new_tokens} new tokens · prior uniform · medians of interleaved repetitions · "
         f"`python bench/analysis.py{' --device cuda' if args.device != 'cpu' else ''}`",
         "",
-        "| shape | N visual | layers | configuration | median s | × one method | peak memory above baseline |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| shape | N visual | layers | keep (n) | configuration | median s | × one method | peak memory above baseline |",
+        "|---|---:|---:|---|---|---:|---:|---:|",
     ]
     for row in rows:
         for label, c in row["configs"].items():
-            lines.append(f"| {row['shape']} | {row['num_candidates']} | {row['layers']} | {label} | "
+            lines.append(f"| {row['shape']} | {row['num_candidates']} | {row['layers']} | "
+                         f"{row['keep_ratio']:.3g} ({row['n']}) | {label} | "
                          f"{c['median_s']:.3f} | {c['ratio']:.2f}× | {c['peak_mb']:.0f} MB |")
     lines += [
         "",
@@ -184,9 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     rows = []
     for shape in args.shapes:
-        row = measure(shape, args)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        analyzer, image = build(shape, args)
+        for keep_ratio in args.keep_ratios:
+            row = measure(analyzer, image, shape, keep_ratio, args)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del analyzer
     kind = "gpu" if args.device.startswith("cuda") else "cpu"
     out = args.out or RESULTS / f"analysis-{kind}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
