@@ -163,7 +163,7 @@ def render(rows: list[dict], args) -> str:
         f"{args.max_new_tokens} new tokens · prior uniform · medians of interleaved repetitions · "
         f"`python bench/analysis.py{' --device cuda' if args.device != 'cpu' else ''}`",
         "",
-        "| shape | N visual | layers | keep (n) | configuration | median s | × one method | peak memory above baseline |",
+        "| shape | N visual | layers | keep (n) | configuration | median s | × one method | peak memory above base |",
         "|---|---:|---:|---|---|---:|---:|---:|",
     ]
     for row in rows:
