@@ -56,12 +56,23 @@ def make_case(grid: tuple[int, int], dim: int, device: str, dtype: torch.dtype) 
     attention = torch.softmax(3 * torch.randn(h * w, generator=gen), dim=0)
     keys = torch.randn(h * w, dim, generator=gen)
     prior = torch.rand(24, 24, generator=gen) + 0.1
+    # dart-official reads the whole prompt: 35 system / user tokens, the N visual tokens, 20 question tokens
+    before, after = 35, 20
+    length = before + h * w + after
+    text_mask = torch.ones(length, dtype=torch.bool)
+    text_mask[before:before + h * w] = False
+    seq_normed = torch.cat([torch.randn(before, dim, generator=gen), hidden, torch.randn(after, dim, generator=gen)])
     return {
         "hidden": hidden.to(device, dtype),
         "attention": attention.to(device),
         "keys": keys.to(device, dtype),
         "grid": grid,
         "prior": prior.to(device),
+        "seq_keys": torch.cat([torch.randn(before, dim, generator=gen), keys,
+                               torch.randn(after, dim, generator=gen)]).to(device, dtype),
+        "seq_normed": seq_normed.to(device, dtype),
+        "visual_index": torch.arange(before, before + h * w, device=device),
+        "text_mask": text_mask.to(device),
     }
 
 
