@@ -10,6 +10,12 @@ from d2pruner.methods import METHODS
 
 #: what ``prior=`` accepts as a name
 PRIOR_NAMES = ("auto", "natural", "content-free", "uniform")
+#: the prior kinds offered to people (label, value), in the order a UI lists them
+PRIOR_CHOICES = (
+    ("calibrated natural prior (auto)", "auto"),
+    ("content-free prior (blank and noise images)", "content-free"),
+    ("uniform (no debiasing)", "uniform"),
+)
 
 
 @dataclass(frozen=True)
