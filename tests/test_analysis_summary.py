@@ -109,6 +109,32 @@ def test_summary_rows_and_the_export_record(analysis):
     json.dumps(record)  # JSON-ready
 
 
+def test_a_script_gets_exactly_the_numbers_the_app_shows(analysis, tmp_path):
+    """The app's answers table, JSON summary and efficiency numbers are the package's (timings aside)."""
+    import app as lab_app
+    from d2pruner.efficiency import arch_from_config
+    from d2pruner.serving.host import AllowList, ModelHost
+
+    analyzer, result, gt = analysis
+    host = ModelHost(device="cpu", allowed=AllowList(("tiny-llava",)), loader=lambda name, **_: analyzer)
+    lab = lab_app.LabApp(host, default_model="tiny-llava", upload_roots=[EXAMPLES], out_dir=tmp_path)
+    ex = example("coffee")
+    out = lab.analyze_api(lab_app.AnalysisInputs(
+        model="tiny-llava", image=str(EXAMPLES / ex["file"]), task="Grounding", expression=ex["referring_expression"],
+        gt_box=", ".join(map(str, ex["box"])), methods=["fastv", "dart", "d2pruner"], keep_ratio=0.25, layer=2,
+        max_new_tokens=4))
+    answers, efficiency, _files, shown = out[-4:]
+    script = summary.summarize(result, arch=arch_from_config(analyzer.model.config), gt_box=gt, random_weights=True,
+                               bytes_per_value=analyzer.model.dtype.itemsize)  # float32 on CPU
+    assert answers == script.answer_rows()
+    for column in (0, 1, 2, 3, 4, 5):  # method, tokens, FLOPs, ×, KV, × (measured times differ run to run)
+        assert [r[column] for r in efficiency] == [r[column] for r in script.efficiency_rows()]
+    record = export.summary_record(export.analysis_record(script, settings={}))
+    for name in ("fastv", "dart", "d2pruner"):
+        for key in ("answer", "box", "iou_vs_gt", "box_status", "iou_vs_vanilla", "agreement", "num_kept"):
+            assert shown["methods"][name][key] == record["methods"][name][key], (name, key)
+
+
 def test_the_sweep_table(analysis):
     _, result, gt = analysis
     table = scoring.sweep_table([result, result], gt, grounding=True)

@@ -25,6 +25,17 @@ RANDOM_WEIGHTS_WARNING = (
 BULKY = ("tokens", "graph_edges", "steps")
 
 
+def numbers(values, digits: int = 6) -> list:
+    """An array as a (nested) list of floats with ``digits`` significant digits (a smaller file; attention is not
+    known to more)."""
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        mag = np.where((v != 0) & np.isfinite(v), np.floor(np.log10(np.abs(v))), 0)
+        scale = 10.0 ** (digits - 1 - mag)
+        out = np.where(np.isfinite(v), np.round(v * scale) / scale, v)
+    return out.tolist()
+
+
 def _answer(a: AnswerScore) -> dict:
     return {
         "answer": a.answer, "box": None if a.box is None else list(a.box), "num_kept": a.num_kept,
@@ -85,11 +96,10 @@ def analysis_record(summary: Summary, *, settings: Mapping, image: Mapping | Non
         "graph_edges": {"edges": np.asarray(r.graph_edges).tolist(), "kinds": list(r.graph_edge_kinds)},
         "tokens": {
             "regions": np.round(np.asarray(r.regions, dtype=np.float64), 3).tolist(),
-            "attention": np.asarray(r.attention_flat, dtype=np.float64).tolist(),
-            "prior": np.concatenate([np.ravel(p) for p in r.prior]).astype(np.float64).tolist(),
-            "relative_attention": np.asarray(r.relative_flat, dtype=np.float64).tolist(),
-            "layer_attention": None if layer_attention is None
-            else np.asarray(layer_attention, dtype=np.float64).tolist(),
+            "attention": numbers(r.attention_flat),
+            "prior": numbers(np.concatenate([np.ravel(p) for p in r.prior])),
+            "relative_attention": numbers(r.relative_flat),
+            "layer_attention": None if layer_attention is None else numbers(layer_attention),
         },
         "steps": {name: _steps(res.steps) for name, res in r.methods.items() if res.steps},
         "efficiency_conventions": dict(CONVENTIONS),

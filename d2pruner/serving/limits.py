@@ -38,6 +38,9 @@ class Limits:
         file_age_seconds: uploads and result files older than this are deleted (checked every
             ``cleanup_seconds``).
         sweep_ratios: keep ratios per sweep.
+        sessions: visitor sessions whose state the server keeps (least recently used first out). Gradio keeps a
+            copy of the page's configuration and last outputs per session — about 0.3 MB here — so this bounds
+            memory; an evicted visitor's next step or layer view asks them to press Analyze again.
     """
 
     upload_bytes: int = 20 * 1024 * 1024
@@ -52,6 +55,7 @@ class Limits:
     file_age_seconds: int = 900
     cleanup_seconds: int = 120
     sweep_ratios: int = 8
+    sessions: int = 500
 
     @property
     def jpeg_header_pixels(self) -> int:

@@ -124,8 +124,10 @@ def delete_older_than(folder: str | os.PathLike, age_seconds: float, now: float 
             except OSError:
                 continue
         for name in dirs:
+            path = os.path.join(root, name)
             try:
-                os.rmdir(os.path.join(root, name))  # only succeeds when empty
+                if now - os.lstat(path).st_mtime > age_seconds:  # a new folder is about to be filled
+                    os.rmdir(path)  # only succeeds when empty
             except OSError:
                 continue
     return deleted

@@ -148,8 +148,8 @@ def open_image(path: str | os.PathLike, limits: Limits | None = None) -> LoadedI
     except UploadError:
         raise
     except Image.DecompressionBombError:
-        raise UploadError(f"The image has more pixels than this app decodes (limit {_mp(limits.image_pixels)}); "
-                          "please downscale it.") from None
+        raise UploadError(f"The image has more pixels than this app decodes: the limit is {_mp(limits.image_pixels)}."
+                          " Please downscale it (e.g. to 4096 px on the longer side).") from None
     except UnidentifiedImageError:
         raise UploadError("The uploaded file is not an image this app can read (supported: JPEG, PNG, WebP, GIF, "
                           "BMP, TIFF).") from None
