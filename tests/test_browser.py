@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -214,11 +215,19 @@ def test_two_clicks_on_the_image_set_and_draw_the_ground_truth_box(page):
     photo = page.locator("#input-image img").first
     photo.scroll_into_view_if_needed()
     box = photo.bounding_box()
-    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.25)
-    page.get_by_text("First corner at (150, 100)").wait_for()
-    page.mouse.click(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.5)
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('textarea, input')].some(t => t.value === '150, 100, 450, 200')")
+    scale = box["width"] / 600  # the photo is 600×400, shown whole (object-fit: scale-down)
+
+    def click(x: float, y: float):  # the middle of image pixel (x, y): Gradio floors the clicked coordinates
+        page.mouse.click(box["x"] + (x + 0.5) * scale, box["y"] + (y + 0.5) * scale)
+
+    click(150, 100)
+    page.get_by_text("First corner at").wait_for()
+    first = [int(v) for v in re.findall(r"\d+", page.inner_text("#corner-hint"))[:2]]
+    assert first == pytest.approx([150, 100], abs=1)  # Gradio rounds the clicked position to whole pixels
+    click(450, 200)
+    page.get_by_text("Ground-truth box set").wait_for()
+    typed = page.input_value("#gt-box textarea, #gt-box input")
+    assert [int(v) for v in typed.split(",")] == pytest.approx([150, 100, 450, 200], abs=1)
     page.wait_for_selector("#input-image .d2-gt")
     drawn = page.locator("#input-image .d2-gt").bounding_box()
     assert drawn["width"] == pytest.approx(box["width"] * 0.5, abs=3)
