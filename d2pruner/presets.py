@@ -6,9 +6,9 @@ localization; r_pivot = 0.7 and θ = 0.8 everywhere.
 
 from __future__ import annotations
 
+from d2pruner.families import family_named
+
 TASKS = ("understanding", "localization")
-#: families whose localization runs prune from layer 5 (the paper: "LLaVA localization"; LLaVA-1.5 only)
-_LATE_LOCALIZATION = frozenset({"llava"})
 
 
 def paper_settings(task: str, family: str) -> dict[str, float | int]:
@@ -18,7 +18,7 @@ def paper_settings(task: str, family: str) -> dict[str, float | int]:
         task: ``"understanding"`` (question answering, captioning, …) or ``"localization"`` (grounding).
         family: a family name (``"llava"``, ``"llava_next"``, ``"qwen2_5_vl"``, ``"internvl"``, …).
     Raises:
-        ValueError: an unknown task, or a family that is not a non-empty string.
+        ValueError: an unknown task or family (the message lists the choices).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}; got {task!r}")
@@ -29,5 +29,5 @@ def paper_settings(task: str, family: str) -> dict[str, float | int]:
         "alpha": 0.5 if localization else 1.0,
         "theta": 0.8,
         "r_pivot": 0.7,
-        "layer": 5 if localization and family in _LATE_LOCALIZATION else 2,
+        "layer": family_named(family).paper_localization_layer if localization else 2,
     }

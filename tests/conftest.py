@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-FAMILY_NAMES = ("tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-internvl")
+FAMILY_NAMES = (
+    "tiny-llava",
+    "tiny-llava-next",
+    "tiny-qwen2.5-vl",
+    "tiny-internvl",
+    "tiny-qwen3-vl",
+    "tiny-llava-onevision",
+)
 
 
 class _TinyCache:

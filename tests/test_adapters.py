@@ -60,14 +60,29 @@ def _lm_inputs(model, family, inputs):
         pos = torch.arange(embeds.shape[1]).unsqueeze(0)
     if pos.ndim == 3 and pos.shape[0] == 4:  # Qwen: text positions first
         pos = pos[1:]
-    return embeds, pos
+    injected = (seen.get("visual_pos_masks"), seen.get("deepstack_visual_embeds"))  # Qwen3-VL's DeepStack
+    return embeds, pos, injected
 
 
 def _causal(n):
     return torch.full((n, n), float("-inf")).triu(1)[None, None]
 
 
-def _hand_run(model, family, embeds, pos, keep, k):
+def _inject(h, injected, i, keep):
+    """Qwen3-VL's DeepStack by hand: after layer i, add feature map i to the visual tokens the sequence still holds
+    (each kept visual token its own row of the map; ``keep`` = the held positions, None = all)."""
+    mask, features = injected
+    if features is None or i >= len(features):
+        return h
+    held = torch.arange(mask.shape[1]) if keep is None else keep
+    rank = mask[0].long().cumsum(0) - 1
+    visual = mask[0, held]
+    h = h.clone()
+    h[0, visual] += features[i][rank[held][visual]].to(h.dtype)
+    return h
+
+
+def _hand_run(model, family, embeds, pos, keep, k, injected=(None, None)):
     """Run the decoder layers by hand: all tokens below ``k``, then only sequence positions ``keep``.
 
     Returns (last-token logits, hidden states entering layer k, layer-(k−1) pre-RoPE keys)."""
@@ -83,6 +98,7 @@ def _hand_run(model, family, embeds, pos, keep, k):
                 entering = h[0].clone()
                 h, cos, sin = h[:, keep], cos[..., keep, :], sin[..., keep, :]
             h = layer(h, attention_mask=_causal(h.shape[1]), position_embeddings=(cos, sin))
+            h = _inject(h, injected, i, keep if i >= k else None)
         logits = model.lm_head(lm.norm(h[:, -1]))[0]
     return logits, entering, keys
 
@@ -123,8 +139,8 @@ def test_pruned_prefill_matches_hand_reference(tiny_models, test_image, name, at
     cache = cache_of(out)
     assert cache.get_seq_length(k - 1) == tokens.seq_len
     assert cache.get_seq_length(k) == keep.numel() == tokens.seq_len - tokens.num_candidates + n
-    embeds, pos = _lm_inputs(model, family, inputs)
-    ref, entering, keys = _hand_run(model, family, embeds, pos, keep, k)
+    embeds, pos, injected = _lm_inputs(model, family, inputs)
+    ref, entering, keys = _hand_run(model, family, embeds, pos, keep, k, injected)
     assert (out.logits[0, -1] - ref).abs().max() <= 1e-5
     assert (state.hidden - entering[tokens.positions]).abs().max() <= 1e-5
     assert (state.keys - keys[tokens.positions]).abs().max() <= 1e-5
@@ -132,7 +148,7 @@ def test_pruned_prefill_matches_hand_reference(tiny_models, test_image, name, at
     other = torch.arange(0, tokens.num_candidates, 3)
     with torch.no_grad(), prune(model, tokens, layer=k, keep=other):
         out2 = model(**inputs)
-    ref2, _, _ = _hand_run(model, family, embeds, pos, _expected_keep(tokens, other), k)
+    ref2, _, _ = _hand_run(model, family, embeds, pos, _expected_keep(tokens, other), k, injected)
     assert (out2.logits[0, -1] - ref2).abs().max() <= 1e-5
     assert (ref2 - ref).abs().max() > 1e-4
 
@@ -155,9 +171,9 @@ def test_cached_generation_matches_recomputation(tiny_models, test_image, name, 
     assert new.numel() == steps
     for i in range(steps):
         seq_inputs = _extend(inputs, new[:i])
-        embeds, pos = _lm_inputs(model, family, seq_inputs)
+        embeds, pos, injected = _lm_inputs(model, family, seq_inputs)
         keep = torch.cat([state.keep_positions.cpu(), torch.arange(tokens.seq_len, tokens.seq_len + i)])
-        ref, _, _ = _hand_run(model, family, embeds, pos, keep, k)
+        ref, _, _ = _hand_run(model, family, embeds, pos, keep, k, injected)
         assert (gen.logits[i][0] - ref).abs().max() <= 1e-4, f"step {i}"
         assert int(ref.argmax()) == int(new[i])
 
@@ -293,7 +309,7 @@ def _left_pad(inputs, pad):
     return out
 
 
-def _hand_run_padded(model, family, embeds, pos, keep, k, pad):
+def _hand_run_padded(model, family, embeds, pos, keep, k, pad, injected=(None, None)):
     """Like ``_hand_run`` with the first ``pad`` keys masked out (a left-padded prompt)."""
     lm = family.language_model(model)
     cos, sin = lm.rotary_emb(embeds, pos)
@@ -307,6 +323,7 @@ def _hand_run_padded(model, family, embeds, pos, keep, k, pad):
             allowed |= torch.eye(len(seq), dtype=torch.bool) & (seq[:, None] < pad)  # pad rows: not all-masked
             mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
             h = layer(h, attention_mask=mask, position_embeddings=(cos, sin))
+            h = _inject(h, injected, i, keep if i >= k else None)
         return model.lm_head(lm.norm(h[:, -1]))[0]
 
 
@@ -325,10 +342,10 @@ def test_padding_mask_is_kept(tiny_models, test_image, name, attn, k):
         with prune(model, tokens, layer=k, select=_top_attention(n)) as state:
             out = model(**padded).logits[0, -1]
     assert torch.equal(same, ref_full)
-    embeds, pos = _lm_inputs(model, family, padded)
-    ref = _hand_run_padded(model, family, embeds, pos, state.keep_positions.cpu(), k, pad)
+    embeds, pos, injected = _lm_inputs(model, family, padded)
+    ref = _hand_run_padded(model, family, embeds, pos, state.keep_positions.cpu(), k, pad, injected)
     assert (out - ref).abs().max() <= 1e-5
-    unpadded = _hand_run(model, family, embeds, pos, state.keep_positions.cpu(), k)[0]
+    unpadded = _hand_run(model, family, embeds, pos, state.keep_positions.cpu(), k, injected)[0]
     assert (unpadded - ref).abs().max() > 1e-4  # the padding matters, so the check above can fail
 
 

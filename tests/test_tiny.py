@@ -14,12 +14,16 @@ CLASSES = {
     "tiny-llava-next": "LlavaNextForConditionalGeneration",
     "tiny-qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration",
     "tiny-internvl": "InternVLForConditionalGeneration",
+    "tiny-qwen3-vl": "Qwen3VLForConditionalGeneration",
+    "tiny-llava-onevision": "LlavaOnevisionForConditionalGeneration",
 }
 EXPECTED_GRIDS = {  # for the 112×168 test image
     "tiny-llava": [(8, 8)],
     "tiny-llava-next": [(8, 8), (10, 16)],
     "tiny-qwen2.5-vl": [(4, 6)],
     "tiny-internvl": [(4, 4)] * 5,
+    "tiny-qwen3-vl": [(4, 5)],
+    "tiny-llava-onevision": [(4, 4), (10, 14)],  # 4 × 5 tiles, 14×20 unpadded, anyres_max_9 → 10×14
 }
 
 

@@ -193,6 +193,8 @@ class Analyzer:
         prior: PriorArg = "auto",
         steps: bool = False,
         heads: bool = False,
+        method_batch: int | None = None,
+        newline_budget: str = "excluded",
         progress: Progress | None = None,
         **method_params,
     ) -> AnalysisResult:
@@ -212,6 +214,10 @@ class Analyzer:
             steps: also record each method's selection step by step (``MethodResult.steps``).
             heads: keep every layer's attention row per head (``AnalysisResult.layer_attention_heads``), not only
                 the mean over heads.
+            method_batch: at most this many methods per batched generation (default: all of them, fewer only
+                when the estimated memory does not fit; 1 runs the methods one after another).
+            newline_budget: ``"excluded"`` (default: n counts the grid tokens, LLaVA-NeXT's newline tokens are
+                kept on top) or ``"counted"`` (as the peers count it: n = round(r · (N + newlines)) − newlines).
             progress: ``progress(done, total, message)``, called while a prior is being calibrated.
             **method_params: hyperparameters, given to every requested method that has them
                 (e.g. ``alpha=1.0`` for ``d2pruner``); also α / θ of the displayed graph.
@@ -222,7 +228,8 @@ class Analyzer:
         """
         settings = AnalysisSettings.create(
             num_layers=self.num_layers, methods=methods, keep_ratio=keep_ratio, layer=layer, grounding=grounding,
-            max_new_tokens=max_new_tokens, prior=prior, steps=steps, heads=heads, **method_params,
+            max_new_tokens=max_new_tokens, prior=prior, steps=steps, heads=heads, method_batch=method_batch,
+            newline_budget=newline_budget, **method_params,
         )
         prepared = self._prepare(image, prompt, grounding=settings.grounding)
         notes = [*self.notes, *prepared.notes]
@@ -233,7 +240,7 @@ class Analyzer:
     def _analyze(self, settings: AnalysisSettings, prepared: Prepared, priors, prior_source: str,
                  notes: list[str]) -> AnalysisResult:
         model, family, tokens, layer = self.model, self.model_family, prepared.tokens, settings.layer
-        n = keep_count(settings.keep_ratio, tokens.num_candidates)
+        n = settings.budget(tokens.num_candidates, int(tokens.protected.numel()))
         generation = self._generation_kwargs(settings.max_new_tokens)
         with torch.inference_mode():
             start = time.perf_counter()
@@ -256,17 +263,18 @@ class Analyzer:
         selections = {m: self._select(m, settings, n, hidden, attention, keys, grid, priors, sequence)
                       for m in settings.methods}
         layer_heads = layer_attention(observed, tokens)
-        answers, generation_seconds, chunks = self._generate_methods(settings, prepared, encoded, selections, prefix,
-                                                                      generation)
+        answers, generation_seconds, chunks, alone = self._generate_methods(settings, prepared, encoded, selections,
+                                                                             prefix, generation)
         if chunks > 1:
-            notes.append(f"the {len(settings.methods)} methods ran in {chunks} batched generations (memory)")
-        first_kept = next(iter(selections.values()))[0]
-        prefill = run.standalone_prefill(model, single, layer=layer, keep=first_kept, replay=prefix)
+            reason = "as asked (method_batch)" if settings.method_batch else "to fit the memory"
+            notes.append(f"the {len(settings.methods)} methods ran in {chunks} batched generations, {reason}")
+        prefill = self._prefill_by_count(single, layer, selections, prefix, alone)
         results = {
             m: MethodResult(
                 method=m, kept=kept.cpu().numpy(), num_kept=int(kept.numel()), answer=answers[m],
-                box=prepared.box(family, answers[m]) if settings.grounding else None, prefill_seconds=prefill,
-                select_seconds=seconds, params=settings.params[m], steps=trace,
+                box=prepared.box(family, answers[m]) if settings.grounding else None,
+                prefill_seconds=prefill[int(kept.numel())], select_seconds=seconds, params=settings.params[m],
+                steps=trace,
             )
             for m, (kept, seconds, trace) in selections.items()
         }
@@ -286,8 +294,8 @@ class Analyzer:
             prompt_tokens=tokens.seq_len, methods=results, notes=list(dict.fromkeys(notes)),
             generation_seconds=generation_seconds, generation_chunks=chunks,
             layer_attention=layer_heads.mean(1), layer_attention_heads=layer_heads if settings.heads else None,
-            prefill_measured="one standalone pruned prefill (every method keeps n tokens: the same work), layers < K "
-                             "timed in the unpruned run",
+            prefill_measured="one standalone pruned prefill per kept count (methods that keep as many tokens do the "
+                             "same work), layers < K timed in the unpruned run",
         )
 
     def _select(self, method: str, settings, n: int, hidden, attention, keys, grid, priors, sequence: dict):
@@ -301,24 +309,39 @@ class Analyzer:
         return chosen, seconds, ()
 
     def _generate_methods(self, settings, prepared, encoded, selections, prefix, generation):
-        """All methods' answers from one batched generation (chunks only when memory requires)."""
+        """All methods' answers from one batched generation (chunks only when memory requires or when asked).
+        Returns the answers, the wall time, the number of generations and — when one method ran alone — its own
+        prefill time."""
         model, family = self.model, self.model_family
         methods = list(selections)
-        n_kept = int(next(iter(selections.values()))[0].numel())
+        n_kept = max(int(kept.numel()) for kept, _, _ in selections.values())
         kept_length = prepared.tokens.seq_len - prepared.tokens.num_candidates + n_kept
         chunk = run.rows_per_chunk(model, rows=len(methods), length=prepared.tokens.seq_len, kept_length=kept_length,
                                    max_new_tokens=settings.max_new_tokens, layer=settings.layer,
                                    free_bytes=run.free_memory(self.device))
-        answers, seconds, chunks = {}, 0.0, 0
+        chunk = min(chunk, settings.method_batch or chunk)
+        answers, seconds, chunks, alone = {}, 0.0, 0, {}
         for i in range(0, len(methods), chunk):
             part = methods[i : i + chunk]
             batch = run.make_batch(family, model, [prepared] * len(part), [encoded] * len(part), self._pad_id)
-            ids, _, took = run.generate_rows(model, batch, layer=settings.layer, generation=generation,
-                                             keep=[selections[m][0] for m in part], replay=prefix)
+            ids, state, took = run.generate_rows(model, batch, layer=settings.layer, generation=generation,
+                                                 keep=[selections[m][0] for m in part], replay=prefix)
             answers.update({m: self._decode(ids[r], batch.length) for r, m in enumerate(part)})
+            if len(part) == 1:
+                alone.setdefault(int(selections[part[0]][0].numel()), float(state.prefill_seconds))
             seconds += took
             chunks += 1
-        return answers, seconds, chunks
+        return answers, seconds, chunks, alone
+
+    def _prefill_by_count(self, single, layer, selections, prefix, alone: dict) -> dict[int, float]:
+        """A standalone pruned prefill time per distinct kept count (taken from a one-row generation when there
+        was one, else one extra prefill forward)."""
+        times = dict(alone)
+        for kept, _, _ in selections.values():
+            count = int(kept.numel())
+            if count not in times:
+                times[count] = run.standalone_prefill(self.model, single, layer=layer, keep=kept, replay=prefix)
+        return times
 
     # ---- evaluation: many prompts, one method ---------------------------------------------------------------
     def generate(

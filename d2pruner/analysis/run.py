@@ -17,6 +17,7 @@ import torch
 
 from d2pruner.analysis.prepared import Prepared
 from d2pruner.pruning import Prefix, PruneState, prune
+from d2pruner.pruning.cache import cache_argument, growing_cache
 from d2pruner.tokens import VisualTokens
 
 #: inputs that hold one row per image (concatenated, not padded, when prompts are batched)
@@ -79,13 +80,15 @@ def generate_rows(
     capture_sequence: bool = False,
 ) -> tuple[torch.Tensor, PruneState, float]:
     """Generate for every row of ``batch`` under :func:`~d2pruner.pruning.prune`: kept sets ``keep`` (one per row)
-    or ``select``, or nothing pruned (observe). Returns the generated ids, the state and the wall time."""
+    or ``select``, or nothing pruned (observe). The KV cache appends in place
+    (:func:`~d2pruner.pruning.cache.growing_cache`). Returns the generated ids, the state and the wall time."""
     sync(model)
     start = time.perf_counter()
+    cache = cache_argument(model, growing_cache(model))
     with torch.inference_mode(), prune(model, batch.tokens, layer=layer, keep=keep, select=select, replay=replay,
                                        record=record, capture_layers=capture_layers,
                                        capture_sequence=capture_sequence) as state:
-        ids = model.generate(**batch.inputs, **generation)
+        ids = model.generate(**batch.inputs, **cache, **generation)
     sync(model)
     return ids, state, time.perf_counter() - start
 

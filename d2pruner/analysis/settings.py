@@ -17,6 +17,9 @@ PRIOR_CHOICES = (
     ("uniform (no debiasing)", "uniform"),
 )
 
+#: how LLaVA-NeXT's / OneVision's newline tokens count in the budget (see :class:`AnalysisSettings`)
+NEWLINE_BUDGETS = ("excluded", "counted")
+
 
 @dataclass(frozen=True)
 class AnalysisSettings:
@@ -33,6 +36,10 @@ class AnalysisSettings:
         graph: α and θ of the displayed hybrid graph (D²Pruner's unless it is not requested: its defaults).
         steps: record each method's selection step by step.
         heads: keep every layer's attention row per head.
+        method_batch: at most this many methods per batched generation (None: as many as memory allows).
+        newline_budget: ``"excluded"`` (n counts the N grid tokens; LLaVA-NeXT's / OneVision's newline tokens are
+            kept on top, our default) or ``"counted"`` (the peers' convention: the budget is a share of every
+            visual token, newlines included, and the always-kept newlines are taken out of it).
     """
 
     methods: tuple[str, ...]
@@ -45,6 +52,15 @@ class AnalysisSettings:
     graph: dict
     steps: bool = False
     heads: bool = False
+    method_batch: int | None = None
+    newline_budget: str = "excluded"
+
+    def budget(self, num_candidates: int, num_protected: int) -> int:
+        """n, the candidates kept: ``max(1, round(r · N))``, or with ``newline_budget="counted"``
+        ``max(1, round(r · (N + P)) − P)`` (P protected newline tokens, always kept)."""
+        if self.newline_budget == "counted" and num_protected:
+            return max(1, keep_count(self.keep_ratio, num_candidates + num_protected) - num_protected)
+        return keep_count(self.keep_ratio, num_candidates)
 
     @classmethod
     def create(
@@ -59,6 +75,8 @@ class AnalysisSettings:
         prior,
         steps: bool = False,
         heads: bool = False,
+        method_batch: int | None = None,
+        newline_budget: str = "excluded",
         **method_params,
     ) -> AnalysisSettings:
         """Check every setting; each problem is a ``ValueError`` naming the parameter."""
@@ -73,8 +91,13 @@ class AnalysisSettings:
         for name, flag in (("steps", steps), ("heads", heads)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if method_batch is not None:
+            method_batch = check_int("method_batch (methods per batched generation)", method_batch, 1)
+        if newline_budget not in NEWLINE_BUDGETS:
+            raise ValueError(f"newline_budget must be one of {NEWLINE_BUDGETS}, got {newline_budget!r}")
         params = route_params(methods, method_params)
         defaults = {f.name: f.default for f in dataclasses.fields(METHODS["d2pruner"])}
         chosen = params.get("d2pruner", {})  # validated by route_params
         graph = {name: float(chosen.get(name, defaults[name])) for name in ("alpha", "theta")}
-        return cls(methods, float(keep_ratio), layer, grounding, max_new_tokens, prior, params, graph, steps, heads)
+        return cls(methods, float(keep_ratio), layer, grounding, max_new_tokens, prior, params, graph, steps, heads,
+                   method_batch, newline_budget)

@@ -14,11 +14,15 @@ from d2pruner.families.base import Checkpoint, Family, ProcessorParts
 from d2pruner.families.internvl import InternVL
 from d2pruner.families.llava import Llava
 from d2pruner.families.llava_next import LlavaNext
+from d2pruner.families.llava_onevision import LlavaOnevision
 from d2pruner.families.qwen2_5_vl import Qwen2_5_VL
+from d2pruner.families.qwen3_vl import Qwen3VL
 from d2pruner.families.tiny import TinyModel
 
 #: family name → family (one stateless instance each), in the order the app lists them
-FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in (Llava(), LlavaNext(), Qwen2_5_VL(), InternVL())})
+FAMILIES: Mapping[str, Family] = MappingProxyType(
+    {f.name: f for f in (Llava(), LlavaNext(), Qwen2_5_VL(), InternVL(), Qwen3VL(), LlavaOnevision())}
+)
 #: the tiny random models, one per family
 TINY_NAMES: tuple[str, ...] = tuple(f.tiny_name for f in FAMILIES.values())
 #: hub id → language-model architecture of every supported checkpoint (the efficiency arithmetic)

@@ -83,6 +83,7 @@ class Family:
         box_frame: one line saying which image the numbers refer to.
         dynamic_prior_roles: prior roles whose grid changes shape with the image (see :mod:`d2pruner.priors`).
         needs_torchvision: its full processor needs torchvision (else :class:`ProcessorParts` is used).
+        feature_injection: see the attribute's comment (the hooks keep such injections exact under pruning).
     """
 
     name: ClassVar[str] = ""
@@ -101,6 +102,11 @@ class Family:
     box_frame: ClassVar[str] = ""
     dynamic_prior_roles: ClassVar[frozenset[str]] = frozenset()
     needs_torchvision: ClassVar[bool] = False
+    #: name of a decoder method ``(hidden [B, L, D], mask [B, L] bool, features [M, D]) -> hidden`` that adds
+    #: per-visual-token features after the first :meth:`injected_layers` layers (Qwen3-VL's DeepStack), or None
+    feature_injection: ClassVar[str | None] = None
+    #: K of the paper's localization runs (Implementation Details: 2, but 5 for LLaVA-1.5 localization)
+    paper_localization_layer: ClassVar[int] = 2
 
     # ---- anatomy ------------------------------------------------------------------------------------------
     def language_model(self, model) -> torch.nn.Module:
@@ -112,6 +118,10 @@ class Family:
 
     def num_layers(self, model) -> int:
         return len(self.language_model(model).layers)
+
+    def injected_layers(self, model) -> int:
+        """How many first decoder layers get features added after them (:attr:`feature_injection`)."""
+        return 0
 
     # ---- preprocessing ------------------------------------------------------------------------------------
     def load_processor(self, name: str) -> tuple[Any, list[str]]:

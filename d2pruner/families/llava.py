@@ -102,6 +102,7 @@ class Llava(Family):
     name_hints: ClassVar[tuple[str, ...]] = ("llava-1.5", "llava-v1.5", "llava")
     box_units: ClassVar[float | None] = 1.0
     box_frame: ClassVar[str] = "0–1 of the processed 336² image the model saw (the centre crop; disputed, see the docs)"
+    paper_localization_layer: ClassVar[int] = 5  # the paper: K = 5 for LLaVA(-1.5) localization
     # Vicuna-7B v1.5 = LLaMA-2-7B shape (32 × 4096, FFN 11008, 32 heads, MHA, head_dim 128); Vicuna-13B v1.5 =
     # LLaMA-2-13B (40 × 5120, FFN 13824, 40 heads); llava-hf adds <image> and <pad> and pads the vocabulary to 32064.
     # 24 × 24 = 576 visual tokens (CLIP ViT-L/14 at 336 px).

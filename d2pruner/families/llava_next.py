@@ -83,8 +83,9 @@ def unpad_rows_cols(height: int, width: int, cur_h: int, cur_w: int) -> tuple[in
 def anyres_parts(
     image_size: tuple[int, int], grid_pinpoints: Sequence[Sequence[int]], crop_size: int, patch_size: int
 ) -> tuple[list, tuple, tuple[int, int]]:
-    """The unpadded high-res grid of an anyres model (LLaVA-NeXT, LLaVA-OneVision): its part for
-    :func:`~d2pruner.geometry.build_layout`, the tiles' boxes in original pixels and the fitted size (w, h)."""
+    """LLaVA-NeXT's unpadded high-res grid: its part for :func:`~d2pruner.geometry.build_layout`, the tiles' boxes in
+    original pixels and the fitted size (w, h). It assumes every tile pixel is seen by a patch (336 = 24 · 14);
+    LLaVA-OneVision's 384-px tiles leave 6 px unseen and downsample large grids, so its file has its own."""
     w, h = image_size
     side = crop_size // patch_size
     best_h, best_w = select_best_resolution((h, w), grid_pinpoints)

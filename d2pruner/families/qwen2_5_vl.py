@@ -145,6 +145,12 @@ class Qwen2_5_VL(Family):
                                                        152064, 1280), 8.29),
     )
 
+    #: the processor's defaults when its config does not say (the released checkpoints' values)
+    default_patch_size: ClassVar[int] = 14
+    default_pixels: ClassVar[tuple[int, int]] = (MIN_PIXELS, MAX_PIXELS)
+    #: the chat text for one image when the full processor is not available
+    fallback_template: ClassVar[str] = TEMPLATE
+
     def merge_size(self, model) -> int:
         return int(model.config.vision_config.spatial_merge_size)
 
@@ -152,9 +158,9 @@ class Qwen2_5_VL(Family):
         ip = self.image_processor(processor)
         return qwen2_5_vl_layout(
             image_size,
-            min_pixels=size_field(ip.size, "shortest_edge") or MIN_PIXELS,
-            max_pixels=size_field(ip.size, "longest_edge") or MAX_PIXELS,
-            patch_size=int(getattr(ip, "patch_size", 14)),
+            min_pixels=size_field(ip.size, "shortest_edge") or self.default_pixels[0],
+            max_pixels=size_field(ip.size, "longest_edge") or self.default_pixels[1],
+            patch_size=int(getattr(ip, "patch_size", self.default_patch_size)),
             merge_size=int(getattr(ip, "merge_size", 2)),
             family=self.name,
         )
@@ -180,12 +186,13 @@ class Qwen2_5_VL(Family):
             thw = pixels["image_grid_thw"]
             merge = self.merge_size(model)
             n = int(thw[0].prod()) // (merge * merge)
-            text = TEMPLATE.format(image="<|image_pad|>" * n, prompt=prompt)
+            text = self.fallback_template.format(image="<|image_pad|>" * n, prompt=prompt)
             inputs = dict(processor.tokenizer(text, return_tensors="pt"))
             inputs.update(pixel_values=pixels["pixel_values"], image_grid_thw=thw)
-        if "mm_token_type_ids" not in inputs:  # 5.23 needs it for the 3-D positions
+        if "mm_token_type_ids" not in inputs:  # needed for the 3-D positions
             image_id = self.tokenizer(processor).convert_tokens_to_ids("<|image_pad|>")
             inputs["mm_token_type_ids"] = (inputs["input_ids"] == image_id).to(torch.int32)
+        inputs.pop("token_type_ids", None)
         return inputs
 
     def parse_model_box(self, text: str) -> Box | None:

@@ -37,7 +37,14 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from d2pruner.families import family_for
-from d2pruner.pruning.state import CACHE_ARGUMENT_NAMES, Prefix, PruneState, RowState, SelectFn
+from d2pruner.pruning.state import (
+    CACHE_ARGUMENT_NAMES,
+    Prefix,
+    PruneState,
+    RowState,
+    SelectFn,
+    transformers_version,
+)
 from d2pruner.tokens import VisualTokens
 
 _COUNTER = itertools.count()
@@ -79,8 +86,16 @@ class PruneHooks:
         capture_layers: bool = False,
     ):
         self.model = model
-        self.decoder = family_for(model).language_model(model)
+        family = family_for(model)
+        self.decoder = family.language_model(model)
         self.layers = self.decoder.layers
+        self.injection = family.feature_injection if family.injected_layers(model) else None
+        if self.injection is not None and not callable(getattr(self.decoder, self.injection, None)):
+            raise RuntimeError(
+                f"{family.label} adds visual features after its first decoder layers through "
+                f"{type(self.decoder).__name__}.{self.injection}, which transformers {transformers_version()} does "
+                "not have: pruning could not keep those features on the kept tokens"
+            )
         rows = [tokens] if isinstance(tokens, VisualTokens) else list(tokens)
         if not rows or not all(isinstance(t, VisualTokens) for t in rows):
             raise ValueError("tokens must be a VisualTokens or a non-empty list of them (one per batch row)")
@@ -166,6 +181,11 @@ class PruneHooks:
             return _with_hidden(new_hidden, args, new_kwargs)
         return args, new_kwargs
 
+    def on_injection(self, original: Callable, hidden, mask, features):
+        """Wraps the family's feature injection (this model instance only): features follow the kept tokens."""
+        sliced = self.state.sliced_injection(hidden, mask, features)
+        return hidden if sliced is None else original(hidden, *sliced)
+
     # ---- registration -------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def active(self) -> Iterator[PruneState]:
@@ -195,8 +215,13 @@ class PruneHooks:
                 layer.register_forward_pre_hook(functools.partial(self.on_pruned_layer, i), with_kwargs=True)
                 for i, layer in enumerate(self.layers) if i >= self.layer
             ]
+            if self.injection is not None:
+                original = getattr(self.decoder, self.injection)
+                setattr(self.decoder, self.injection, functools.partial(self.on_injection, original))
             yield self.state
         finally:
+            if self.injection is not None:
+                self.decoder.__dict__.pop(self.injection, None)
             for handle in handles:
                 handle.remove()
             config._attn_implementation = previous

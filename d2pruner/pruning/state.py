@@ -369,6 +369,31 @@ class PruneState:
             kwargs["attention_mask"] = self._memoised_mask(mask, None, slots, fillers, None, queries=queries)
         return hidden, kwargs
 
+    def sliced_injection(self, hidden: torch.Tensor, mask: torch.Tensor, features: torch.Tensor):
+        """A per-visual-token feature injection (Qwen3-VL's DeepStack: ``hidden[mask] += features``) made to fit
+        this forward's sequence: unchanged at full length; for a pruned sequence each kept visual token gets its own
+        features and filler slots none; None for the replayed prefill's one-token stand-in (it is discarded at
+        layer K, where the recorded hidden states — with their injections — are put back).
+
+        Arguments: ``hidden`` [B, S, D] after the layer; ``mask`` [B, L] True at visual positions of the full
+        sequence; ``features`` [M, D], one row per True in ``mask`` (row-major). Returns (mask [B, S], features).
+        """
+        if hidden.shape[1] == mask.shape[1]:
+            return mask, features
+        if self._mode is None or self._mode == "decode":
+            if self.replay is not None and self.in_prefill:
+                return None
+            raise RuntimeError(f"a feature injection on {hidden.shape[1]} positions of a {mask.shape[1]}-token "
+                               "sequence that is not being pruned")
+        slots, fillers = self._query_slots(mask.shape[1])
+        full = mask.to(slots.device)
+        counts = full.sum(1)
+        offsets = counts.cumsum(0) - counts
+        rank = full.long().cumsum(1) - 1
+        kept = full.gather(1, slots) & ~fillers
+        index = (offsets[:, None] + rank.gather(1, slots))[kept]
+        return kept, features[index.to(features.device)]
+
     def _memoised(self, tensor: torch.Tensor, fn):
         key = id(tensor)
         if key not in self._memo:
