@@ -1,5 +1,5 @@
-"""The app in a real browser: Playwright drives Debian's chromium against ``python app.py`` (offline, so it falls back to
-tiny-llava). A first-run guide with Analyze above the fold at 1440×900; an example analysed end to end; a token
+"""The app in a real browser: Playwright drives Debian's chromium against ``python app.py`` (offline, so it falls back
+to tiny-llava). A first-run guide with Analyze above the fold at 1440×900; an example analysed end to end; a token
 hovered in one panel highlighted in every panel with the inspector filled; the step slider; the layer slider; an error
 shown beside the controls while the results stay, and the stale marker; D²Pruner's controls disabled with a reason;
 two clicks drawing the ground-truth box; the phone layout (390 px); an axe-core check (no serious or critical
