@@ -267,7 +267,7 @@ def heatmap_figures(entry: Entry, *, colour: str, log_colour: bool) -> tuple[Plo
             viz.token_heatmap(None, geo, att, title="Raw attention", subtitle=sub, value_label="attention",
                               zrange=zr[0], panel="attention", **common),
             viz.token_heatmap(None, geo, prior, title="Positional-bias prior",
-                              subtitle=f"{prior_title} · what position alone draws", value_label="prior",
+                              subtitle=prior_title, value_label="prior",
                               zrange=zr[1], panel="prior", **common),
             viz.token_heatmap(None, geo, rel, title="Relative attention = attention ÷ prior",
                               subtitle="what D²Pruner ranks by", value_label="relative attention",
@@ -1060,7 +1060,7 @@ def build_demo(lab: LabApp, *, model_choices: Sequence[catalog.ModelChoice] | No
                             max_new_tokens = gr.Slider(1, min(256, MAX_NEW_TOKENS), value=24, step=1,
                                                        label="Max new tokens", min_width=120, info="greedy decoding",
                                                        elem_id="max-new-tokens")
-                    with gr.Accordion("Display", open=False), gr.Row(equal_height=True):
+                    with gr.Accordion("Display", open=False, elem_id="display"), gr.Row(equal_height=True):
                         colour_scale = gr.Radio(list(COLOUR_CHOICES), value="independent", label="Heatmap colours",
                                                 scale=3, info="shared: one range for the three heatmaps",
                                                 elem_id="colour-scale")

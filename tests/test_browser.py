@@ -148,6 +148,8 @@ def test_a_hovered_token_is_highlighted_in_every_panel(page):
     page.mouse.move(10, 10)
     assert page.get_attribute("#token-inspector", "data-token") == token and "pinned" in page.inner_text(
         "#token-inspector")
+    page.evaluate("document.querySelector('#status-md').scrollIntoView()")
+    page.screenshot(path=str(ARTIFACTS / "app-linked-1440.png"))  # docs/app-1440.png: a pinned token everywhere
     page.keyboard.press("Escape")
 
 
@@ -261,11 +263,19 @@ def test_phone_layout(browser):
         width = page.evaluate("() => document.querySelector('#results').getBoundingClientRect().width")
         facets = [page.locator(f"#plot-facet-{i} .js-plotly-plot").bounding_box() for i in range(3)]
         assert all(f["width"] >= 0.85 * width for f in facets)  # one facet per row, full width
+        wider = page.evaluate("() => [...document.querySelectorAll('.inputs-col, .results-col, .js-plotly-plot')]"
+                              ".filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).length")
+        assert wider == 0  # nothing wider than the phone (wide tables scroll inside their own frame)
+        gap = page.evaluate("() => document.querySelector('#results').getBoundingClientRect().top - "
+                            "document.querySelector('#analyze-btn').getBoundingClientRect().bottom")
+        assert 0 < gap < 1200, gap  # the results follow Analyze, the box and the methods; the settings come after
         assert facets[1]["y"] > facets[0]["y"] + facets[0]["height"] - 5
         headers = page.evaluate("() => [...document.querySelectorAll('#answers th')].map(th => "
                                 "th.getBoundingClientRect().width)")
         assert min(headers) >= 50, headers  # never one letter per line
         page.screenshot(path=str(ARTIFACTS / "app-390.png"), full_page=True)
+        page.evaluate("document.querySelector('#status-md').scrollIntoView()")
+        page.screenshot(path=str(ARTIFACTS / "app-results-390.png"))  # docs/app-390.png
         violations = _axe(page)
         (ARTIFACTS / "axe-390.json").write_text(json.dumps(violations, indent=1))
         assert not [v for v in violations if v["impact"] in ("serious", "critical")]

@@ -86,14 +86,15 @@ def _image(uri: str, size: tuple[int, int], k: int = 1) -> dict:
 
 
 def _title(text: str | None, subtitle: str | None = None) -> dict | None:
+    """Title and subtitle, left-aligned, centred in the top margin by plotly itself: an explicit ``y`` / ``yanchor``
+    places a two-line title wrongly (its first line is cut at the top of the figure; measured in chromium)."""
     if not text and not subtitle:
         return None
     if not text:
         return dict(text=f"<span style='font-size:12px;color:{MUTED}'>{subtitle}</span>", x=0.01, xanchor="left",
-                    y=1.0, yref="container", yanchor="top", pad=dict(t=8, l=2))
+                    pad=dict(l=2))
     full = text if not subtitle else f"{text}<br><span style='font-size:12px;color:{MUTED}'>{subtitle}</span>"
-    return dict(text=full, x=0.01, xanchor="left", xref="paper", y=1.0, yref="container", yanchor="top",
-                pad=dict(t=8, l=2), font=dict(size=14, color=TEXT))
+    return dict(text=full, x=0.01, xanchor="left", xref="paper", pad=dict(l=2), font=dict(size=14, color=TEXT))
 
 
 def _base(title: str | None, height: int, *, legend: bool = False, subtitle: str | None = None,
