@@ -1,45 +1,74 @@
 """D²Pruner lab — the Gradio app: which visual tokens each pruning method keeps inside a multimodal LLM, and why.
 
-    python app.py [--model NAME] [--device cuda|cpu] [--port N] [--share] [--host ADDR]
+    python app.py [--model NAME] [--device cuda|cpu] [--port N] [--host ADDR] [--share]
 
-Structure (after hysts' gradio-sam-prompter): constants → optional ``spaces`` → input checking helpers → the model
-host (one model in memory, offline-aware loading with a tiny fallback) → rendering helpers → one handler per event
-(``LabApp``) → ``build_demo`` (layout + wiring) → ``main`` (CLI → launch). The app is UI only: it calls the public
-API of ``d2pruner`` (``load`` / ``Analyzer.analyze`` / ``observe`` / ``get_prior``, ``efficiency_report``,
-``grounding.box_iou``) and draws with ``d2pruner.viz``.
+The app is UI only (after hysts' gradio-sam-prompter): constants → the CLI (answers ``--help`` before Gradio or torch
+is imported) → the model host (``d2pruner.serving``: every request names its model; uploads checked; bounds) → one
+handler per event, each taking its event's inputs as ONE typed object → the Blocks layout → the wiring → launch.
+Scores, tables, exports, steps and figures come from the package (``d2pruner.analysis.summary / scoring / export /
+steps``, ``d2pruner.viz``), so a script gets exactly the numbers shown here. Importing this module imports neither
+torch nor transformers; they come with the first model.
 
-Results are cached lazily: the first analysis of an (image, prompt, settings, model) is computed when asked for and
-kept in a small LRU cache, so re-picking an example, toggling the colour scale or a sweep that includes the current
-keep ratio costs nothing. Nothing is computed at start-up (Gradio's own example caching is off because its cache
-would not follow a model switch).
+Hosting (a public Space serves many visitors on one process): the model is part of each request, files are read only
+from the upload cache and the bundled examples, every heavy call goes through the queue (no open ``/run`` route), and
+every request is bounded (pixels, files, bytes, prompt length, new tokens); results are cached per analysis and
+re-rendered without re-running the model.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
-import hashlib
+import html
+import inspect
 import json
 import logging
-import math
 import os
 import re
-import shutil
-import socket
 import tempfile
-import threading
 import time
-import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
-import gradio as gr
-import numpy as np
-from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+# ---------------------------------------------------------------------------------------------------- constants
+
+APP_DIR = Path(__file__).resolve().parent
+UI_DIR = APP_DIR / "ui"
+DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
+#: the methods offered, in display order (``d2pruner-nospatial`` is an ablation of the package only)
+METHODS = ("fastv", "dart", "dart-official", "divprune", "mmr", "d2pruner", "d2pruner-di")
+DEFAULT_METHODS = ("fastv", "dart", "divprune", "mmr", "d2pruner", "d2pruner-di")
+TASKS = ("Grounding", "Question")
+COLOUR_CHOICES = (("per panel", "independent"), ("shared", "shared"))
+BLANK_COLOURS = {"grey": (128, 128, 128), "white": (255, 255, 255), "black": (0, 0, 0)}
+PRESETS = ("custom", "paper settings for this task")
+DEFAULT_SWEEP = "0.75, 0.5, 0.25, 0.1"
+PHOTO_ROUTE = "lab/photo"
+EXAMPLE_ROUTE = "lab/example"
+MEAN_HEADS = "mean over heads"
+FACETS = 1 + len(METHODS)  # vanilla + every offered method
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="D²Pruner lab: visual-token pruning inside multimodal LLMs, side by side.",
+        epilog="Environment: D2PRUNER_MODEL (default model), D2PRUNER_ALLOWED_MODELS (comma-separated ids or "
+               "patterns a visitor may load; default the shipped checkpoints and tiny models), D2PRUNER_MEMORY_GB "
+               "(memory for models), D2PRUNER_QUEUE_SIZE, D2PRUNER_CONCURRENCY, D2PRUNER_UPLOAD_BYTES, "
+               "D2PRUNER_IMAGE_PIXELS (see d2pruner/serving/limits.py).")
+    parser.add_argument("--model", default=os.environ.get("D2PRUNER_MODEL", DEFAULT_MODEL),
+                        help=f"hub id, local checkpoint folder or tiny-* name (default {DEFAULT_MODEL})")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: CUDA when available")
+    parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
+    parser.add_argument("--host", default=None, help="address to bind (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # `python app.py --help` answers here, before Gradio and torch are imported
+    # this app's own upload cache (its janitor deletes old files there; never another app's)
+    os.environ.setdefault("GRADIO_TEMP_DIR", os.path.join(tempfile.gettempdir(), "d2pruner-lab-gradio"))
 
 try:  # Hugging Face ZeroGPU: allocate a GPU for the decorated calls. Imported before torch, as `spaces` asks.
     import spaces
@@ -51,1024 +80,814 @@ except ImportError:  # anywhere else: a no-op
         return fn
 
 
-import d2pruner
-from d2pruner import resources, viz
+import gradio as gr
+import numpy as np
+from gradio.components.plot import PlotData
+from PIL import Image
+
+from d2pruner import viz
+from d2pruner.analysis import export, labels, scoring, steps, summary
+from d2pruner.resources import EXAMPLES_DIR
+from d2pruner.serving import catalog, requests, uploads
+from d2pruner.serving.host import ModelHost, Served
+from d2pruner.serving.limits import Limits
+from d2pruner.serving.store import Janitor, LRUCache, PhotoStore
 
 log = logging.getLogger("d2pruner.app")
 
-# ----------------------------------------------------------------------------------------------------
-# Constants.
-
-ROOT = Path(__file__).resolve().parent
-EXAMPLES_DIR = resources.EXAMPLES_DIR
-DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
-MODEL_CHOICES = [*d2pruner.ARCHITECTURES, *d2pruner.TINY_NAMES]
-#: the methods offered (d2pruner-nospatial is left out: analyze() would route the α slider to it as well)
-METHODS = ("fastv", "dart", "divprune", "mmr", "d2pruner", "d2pruner-di")
-METHOD_CHOICES = [(viz.METHOD_LABELS[m], m) for m in METHODS]
-PRIOR_CHOICES = [("calibrated natural prior (auto)", "auto"), ("content-free prior", "content-free"),
-                 ("uniform (no debiasing)", "uniform")]
-TASKS = ("Grounding", "Question")
-COLOUR_CHOICES = [("per panel", "independent"), ("shared", "shared")]
-BLANK_COLOURS = {"grey": (128, 128, 128), "white": (255, 255, 255), "black": (0, 0, 0)}
-DEFAULT_SWEEP = "0.75, 0.5, 0.25, 0.1"
-MAX_SWEEP_RATIOS = 8
-MAX_PROMPT_CHARS = 2000
-MAX_NEW_TOKENS = 512
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
-#: longest side of the working copy of an image too large to decode at full size
-MAX_WORKING_SIDE = 4096
-#: Pillow refuses to decode above twice its MAX_IMAGE_PIXELS; JPEGs can be decoded at 1/8 scale below this
-MAX_JPEG_PIXELS = 65535 * 65535
-RESULT_CACHE_SIZE = 16
-HUB_PROBE_SECONDS = 2.0
-
-CSS = """
-.lab-header h1 {margin: 0 0 2px 0; font-size: 1.7em;}
-.lab-header p {margin: 0; color: var(--body-text-color-subdued);}
-.banner {border-radius: 8px; padding: 10px 14px; margin: 4px 0; font-size: 0.95em; line-height: 1.4;}
-.banner.warn {background: #FEF3C7; border: 1px solid #F59E0B; color: #78350F;}
-.banner.ok {background: #ECFDF5; border: 1px solid #10B981; color: #064E3B;}
-.banner b {font-weight: 650;}
-#status-md {min-height: 2.2em;}
-#analyze-btn {min-height: 46px; font-size: 1.05em;}
-.small-note {font-size: 0.85em; color: var(--body-text-color-subdued);}
-"""
-
-
-class InputError(ValueError):
-    """Bad user input; the message is shown in the UI as is."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Input checking (pure helpers, unit-tested).
-
-
-@dataclasses.dataclass
-class LoadedImage:
-    """A decoded upload: RGB image, how it relates to the file, and what the user should know."""
-
-    image: Image.Image
-    original_size: tuple[int, int]
-    scale: float  # working pixels per file pixel (< 1 after a safety downscale)
-    notes: list[str]
-    digest: str
-
-
-def load_image(path: str | os.PathLike | dict | None) -> LoadedImage:
-    """Decode an uploaded file defensively (a path, or Gradio's raw file payload with a ``"path"``).
-
-    Handles: missing / 0-byte / oversized files, non-images and corrupt or truncated data (clear errors),
-    decompression bombs (JPEGs are decoded at reduced scale, other formats above Pillow's limit are refused),
-    animated images (first frame), EXIF orientation (applied), any colour mode (converted to RGB).
-
-    Raises:
-        InputError: with a message for the user.
-    """
-    if isinstance(path, dict) or hasattr(path, "path"):  # the raw payload of gr.Image (events use preprocess=False)
-        path = path.get("path") if isinstance(path, dict) else path.path
-    if path is None or (isinstance(path, str) and not path.strip()):
-        raise InputError("No image: upload one (or pick an example) first.")
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"The uploaded file {p.name!r} could not be found on the server; please upload it again.")
-    nbytes = p.stat().st_size
-    if nbytes == 0:
-        raise InputError(f"The uploaded file {p.name!r} is empty (0 bytes).")
-    if nbytes > MAX_UPLOAD_BYTES:
-        raise InputError(f"The uploaded file is {nbytes / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB.")
-    notes: list[str] = []
-    limit = Image.MAX_IMAGE_PIXELS or 0
-    oversized = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(p)
-            size = img.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        img, size = _open_oversized(p, err)
-        oversized = True
-        notes.append(
-            f"the image is {size[0]}×{size[1]} ({size[0] * size[1] / 1e6:.0f} MP), above Pillow's "
-            f"{limit / 1e6:.0f} MP decompression-bomb limit: it was decoded at reduced resolution"
-        )
-    except UnidentifiedImageError:
-        raise InputError(
-            f"{p.name!r} is not an image this app can read (supported: JPEG, PNG, WebP, GIF, BMP, TIFF)."
-        ) from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"{p.name!r} could not be opened as an image: {err}") from None
-    try:
-        frames = int(getattr(img, "n_frames", 1) or 1)
-        if frames > 1:
-            img.seek(0)
-            notes.append(f"animated image with {frames} frames: the first frame is analysed")
-        orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-        img.load()
-        if orientation not in (None, 1):
-            img = ImageOps.exif_transpose(img)
-            notes.append(f"rotated upright according to its EXIF orientation tag ({orientation})")
-        rgb = d2pruner.to_rgb(img)
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise InputError(f"{p.name!r} is damaged or truncated and cannot be decoded ({err}).") from None
-    finally:
-        if "rgb" not in locals() or rgb is not img:
-            img.close()
-    upright = (size[1], size[0]) if orientation in (5, 6, 7, 8) else (size[0], size[1])
-    if oversized and max(rgb.size) > MAX_WORKING_SIDE:
-        factor = MAX_WORKING_SIDE / max(rgb.size)
-        rgb = rgb.resize((max(1, round(rgb.width * factor)), max(1, round(rgb.height * factor))), Image.LANCZOS)
-    scale = rgb.width / upright[0]
-    if rgb.size != upright:
-        notes.append(f"the working copy is {rgb.width}×{rgb.height}: boxes and regions are in its pixels "
-                     f"(a typed ground-truth box is scaled by {scale:.4g})")
-    digest = hashlib.sha1(rgb.tobytes()).hexdigest()[:16]
-    return LoadedImage(rgb, (int(upright[0]), int(upright[1])), scale, notes, digest)
-
-
-def _open_oversized(path: Path, err: Exception):
-    """Open an image above Pillow's pixel limit without decoding it at full size, or refuse clearly."""
-    with path.open("rb") as f:
-        magic = f.read(3)
-    if magic == b"\xff\xd8\xff":  # JPEG: the DCT can decode directly at 1/2, 1/4 or 1/8 scale
-        try:
-            jpeg = JpegImagePlugin.JpegImageFile(str(path))  # the plugin alone skips the size check
-        except (OSError, SyntaxError, ValueError) as inner:
-            raise InputError(f"{path.name!r} could not be opened as a JPEG: {inner}") from None
-        size = jpeg.size
-        if size[0] * size[1] > MAX_JPEG_PIXELS:
-            raise InputError(f"The image is {size[0]}×{size[1]} pixels, too large to decode safely.")
-        jpeg.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-        return jpeg, size
-    if isinstance(err, Image.DecompressionBombWarning):  # within twice the limit: Pillow decodes it, then we shrink
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        return img, img.size
-    pixels = re.search(r"\((\d+) pixels\)", str(err))
-    count = f"{int(pixels.group(1)) / 1e6:.0f} million pixels" if pixels else "too many pixels"
-    raise InputError(
-        f"The image has {count}, more than Pillow will decode safely ({2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} "
-        "million; decompression-bomb protection). Please downscale it (e.g. to 4096 px on the longer side) or "
-        "upload it as a JPEG, which can be decoded at reduced resolution."
-    ) from None
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def clean_prompt(text: str | None, *, what: str = "prompt") -> tuple[str, list[str]]:
-    """Strip control characters and whitespace; refuse empty text; truncate above MAX_PROMPT_CHARS (noted)."""
-    text = _CONTROL.sub("", text or "").strip()
-    if not text:
-        hint = "describe the object to locate, e.g. 'the red cup on the left'" if what != "prompt" else \
-            "type a question about the image"
-        raise InputError(f"The {what} is empty: {hint}.")
-    notes = []
-    if len(text) > MAX_PROMPT_CHARS:
-        cut = text[:MAX_PROMPT_CHARS]
-        cut = cut[: cut.rfind(" ")] if " " in cut[-200:] else cut
-        notes.append(f"the {what} was {len(text):,} characters long; only the first {len(cut):,} are used")
-        text = cut.rstrip()
-    return text, notes
-
-
-def parse_box(text: str | None, image_size: tuple[int, int], scale: float = 1.0) -> tuple | None:
-    """``"x1, y1, x2, y2"`` (pixels of the uploaded image) → a box in working-image pixels, clipped; None if blank.
-
-    Raises:
-        InputError: not four numbers, reversed / empty, or wholly outside the image.
-    """
-    if text is None or not str(text).strip():
-        return None
-    nums = re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", str(text))
-    rest = re.sub(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[\s,;()\[\]]", "", str(text))
-    if len(nums) != 4 or rest:
-        raise InputError(f"The ground-truth box must be four numbers 'x1, y1, x2, y2' in pixels; got {text!r}.")
-    x1, y1, x2, y2 = (float(v) * scale for v in nums)
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
-        raise InputError(f"The ground-truth box needs x2 > x1 and y2 > y1 (top-left, then bottom-right); got {text!r}.")
-    w, h = image_size
-    box = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
-    if box[2] <= box[0] or box[3] <= box[1]:
-        raise InputError(f"The ground-truth box {text!r} lies outside the {w}×{h} image.")
-    return box
-
-
-def _number(value, name: str, lo: float, hi: float, *, lo_open: bool = False, integer: bool = False) -> float:
-    if isinstance(value, bool) or value is None:
-        raise InputError(f"{name} must be a number, got {value!r}.")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}.") from None
-    bad = not math.isfinite(v) or v > hi or (v <= lo if lo_open else v < lo)
-    if integer and not bad and v != round(v):
-        raise InputError(f"{name} must be a whole number, got {value!r}.")
-    if bad:
-        rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-        raise InputError(f"{name} must be in {rng}, got {value!r}.")
-    return round(v) if integer else v
-
-
-def parse_ratios(text: str | None) -> list[float]:
-    """``"0.75, 0.5, 0.25, 0.1"`` (fractions or percentages) → unique ratios in (0, 1], largest first."""
-    parts = [t for t in re.split(r"[\s,;]+", str(text or "").strip()) if t]
-    if not parts:
-        raise InputError("List at least one keep ratio for the sweep, e.g. '0.75, 0.5, 0.25, 0.1'.")
-    ratios = []
-    for t in parts:
-        pct = t.endswith("%")
-        try:
-            v = float(t.rstrip("%")) / (100 if pct else 1)
-        except ValueError:
-            raise InputError(f"Sweep keep ratios must be numbers in (0, 1]; {t!r} is not a number.") from None
-        ratios.append(_number(v, "Each sweep keep ratio", 0.0, 1.0, lo_open=True))
-    ratios = sorted(set(ratios), reverse=True)
-    if len(ratios) > MAX_SWEEP_RATIOS:
-        raise InputError(f"At most {MAX_SWEEP_RATIOS} keep ratios per sweep, got {len(ratios)}.")
-    return ratios
-
-
-def word_f1(answer: str, reference: str) -> float:
-    """Answer agreement: SQuAD-style word-level F1 of two texts (case- and punctuation-insensitive)."""
-    a = re.findall(r"\w+", answer.lower())
-    b = re.findall(r"\w+", reference.lower())
-    if not a and not b:
-        return 1.0
-    if not a or not b:
-        return 0.0
-    common = sum(min(a.count(w), b.count(w)) for w in set(a))
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(a), common / len(b)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _si(value: float, unit: str) -> str:
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}"
-
-
-def _bytes(value: float) -> str:
-    for factor, prefix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}"
-    return f"{value:.0f} B"
-
-
-def _box_text(box) -> str:
-    return "–" if box is None else ", ".join(f"{v:.0f}" for v in box)
-
-
-# ----------------------------------------------------------------------------------------------------
-# The model host: one model in memory, offline-aware loading, a tiny fallback.
-
-
-class ModelUnavailable(RuntimeError):
-    """The model cannot be loaded here; the message says why in a few words."""
-
-
-@dataclasses.dataclass
-class ModelStatus:
-    requested: str
-    loaded: str
-    device: str
-    reason: str | None = None  # why the requested model is not the loaded one
-    seconds: float = 0.0
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.loaded in d2pruner.TINY_NAMES
-
-    def banner_html(self) -> str:
-        if self.reason:
-            return (
-                f"<div class='banner warn'><b>Could not load <code>{_esc(self.requested)}</code></b>: "
-                f"{_esc(self.reason)}.<br>Running <b><code>{self.loaded}</code></b> instead — a tiny model with "
-                "<b>random weights</b>: it shows the mechanics (token grids, attention capture, priors, pruning "
-                "inside the model, boxes), <b>not real behaviour</b>; its answers are gibberish.</div>"
-            )
-        if self.is_tiny:
-            return (f"<div class='banner warn'><b><code>{self.loaded}</code></b> on {self.device}: a tiny model with "
-                    "random weights — mechanics, not real behaviour.</div>")
-        return (f"<div class='banner ok'><b><code>{_esc(self.loaded)}</code></b> loaded on {self.device} in "
-                f"{self.seconds:.0f} s.</div>")
-
-
-def _esc(text: str) -> str:
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def tiny_stand_in(name: str) -> str:
-    """The tiny model of the family a hub id most likely belongs to."""
-    low = name.lower()
-    if "qwen" in low:
-        return "tiny-qwen2.5-vl"
-    if "internvl" in low:
-        return "tiny-internvl"
-    if "v1.6" in low or "next" in low:
-        return "tiny-llava-next"
-    return "tiny-llava"
-
-
-def _hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """A TCP connection to the Hub endpoint (or to the configured HTTPS proxy) within ``timeout`` seconds."""
-    from huggingface_hub import constants
-
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    url = urlparse(proxy if proxy else constants.ENDPOINT)
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    if not host:
-        return False
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _available_memory(device: str) -> float | None:
-    """Free bytes on the target device (CUDA: free memory; CPU: MemAvailable), or None if unknown."""
-    try:
-        if device.startswith("cuda"):
-            import torch
-
-            return float(torch.cuda.mem_get_info()[0])
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except (OSError, RuntimeError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _checkpoint_bytes(name: str) -> float | None:
-    """Size of the cached checkpoint's weights (from its safetensors index), or None if unknown."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        index = try_to_load_from_cache(name, "model.safetensors.index.json")
-        if isinstance(index, str):
-            with open(index) as f:
-                return float(json.load(f)["metadata"]["total_size"])
-        single = try_to_load_from_cache(name, "model.safetensors")
-        if isinstance(single, str):
-            return float(os.path.getsize(single))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return None
-
-
-def precheck(name: str, device: str, reclaimable: float = 0.0) -> None:
-    """Fail fast, before anything is unloaded, when a checkpoint obviously cannot be loaded here.
-
-    Offline without the checkpoint in the local Hugging Face cache → ModelUnavailable at once (instead of
-    transformers' ~25 s of retries); offline with it cached → Hub offline mode, so loading does not retry either;
-    cached weights larger than the free memory of the device (plus ``reclaimable`` bytes, the model that would be
-    unloaded first) → ModelUnavailable.
-    """
-    if name in d2pruner.TINY_NAMES or Path(name).is_dir():
-        return
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-    if constants.HF_HUB_OFFLINE:
-        if not cached:
-            raise ModelUnavailable("offline mode (HF_HUB_OFFLINE) and the checkpoint is not in the local "
-                                   "Hugging Face cache")
-    elif not _hub_reachable():
-        if not cached:
-            raise ModelUnavailable("no network connection to the Hugging Face Hub and the checkpoint is not in the "
-                                   "local cache")
-        constants.HF_HUB_OFFLINE = True  # cached: load from the cache without retrying the network
-    weights = _checkpoint_bytes(name)
-    free = _available_memory(device)
-    free = None if free is None else free + reclaimable
-    if weights and free:
-        need = weights * (2.0 if device == "cpu" else 1.0)  # float32 on CPU, the stored 16-bit dtype on GPU
-        if need > 0.95 * free:
-            raise ModelUnavailable(f"not enough memory: the weights need about {need / 1e9:.0f} GB on {device}, "
-                                   f"{free / 1e9:.0f} GB are free")
-
-
-class ModelHost:
-    """Holds the one loaded :class:`d2pruner.Analyzer`; loads, switches and falls back to a tiny model.
-
-    Arguments:
-        device: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
-        loader: ``d2pruner.load`` (replaceable in tests).
-    """
-
-    def __init__(self, device: str | None = None, loader: Callable = d2pruner.load):
-        import torch
-
-        self.device_note = None
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device.startswith("cuda") and not torch.cuda.is_available():
-            self.device_note = "CUDA was requested but is not available: running on CPU"
-            device = "cpu"
-        self.device = device
-        self.loader = loader
-        self.analyzer: d2pruner.Analyzer | None = None
-        self.status: ModelStatus | None = None
-        self.lock = threading.RLock()
-
-    def load(self, name: str, progress: Callable[[str], None] | None = None) -> ModelStatus:
-        """Load ``name`` (unloading the current model first); on failure load its family's tiny model."""
-        name = (name or "").strip() or DEFAULT_MODEL
-        with self.lock:
-            start = time.perf_counter()
-            reason = None
-            try:
-                precheck(name, self.device, reclaimable=self._loaded_bytes())
-                if progress:
-                    progress(f"loading {name} on {self.device} …")
-                self._unload()
-                analyzer = self.loader(name, device=self.device)
-                loaded = name
-            except ModelUnavailable as err:
-                reason = str(err)
-            except Exception as err:  # any failure to load falls back, and says why
-                log.exception("loading %s failed", name)
-                reason = _load_failure(err)
-            if reason is not None:
-                loaded = name if name in d2pruner.TINY_NAMES else tiny_stand_in(name)
-                if progress:
-                    progress(f"{name} unavailable; loading {loaded} …")
-                self._unload()
-                analyzer = self.loader(loaded, device=self.device)
-            self.analyzer = analyzer
-            self.status = ModelStatus(name, loaded, self.device, reason, time.perf_counter() - start)
-            log.info("model: %s", self.status)
-            return self.status
-
-    def _loaded_bytes(self) -> float:
-        if self.analyzer is None:
-            return 0.0
-        return float(sum(p.numel() * p.element_size() for p in self.analyzer.model.parameters()))
-
-    def _unload(self) -> None:
-        if self.analyzer is None:
-            return
-        self.analyzer = None
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except RuntimeError:
-            pass
-
-
-def _load_failure(err: Exception) -> str:
-    text = f"{type(err).__name__}: {err}".strip()
-    if "out of memory" in text.lower() or isinstance(err, MemoryError):
-        return "not enough memory to load it"
-    if isinstance(err, OSError) and ("connect" in text or "offline" in text.lower() or "cached" in text):
-        return "no network connection and it is not in the local Hugging Face cache"
-    first = text.splitlines()[0]
-    return first[:300]
-
-
-# ----------------------------------------------------------------------------------------------------
-# One request, validated.
-
-
-@dataclasses.dataclass
-class Request:
-    """Everything one analysis needs, validated; ``key`` identifies its result in the cache."""
-
-    image: LoadedImage
-    grounding: bool
-    text: str
-    gt_box: tuple | None
-    methods: tuple[str, ...]
-    keep_ratio: float
-    layer: int
-    params: dict
-    max_new_tokens: int
-    prior: str
-    notes: list[str]
-
-    def key(self, model: str, keep_ratio: float | None = None) -> str:
-        parts = [model, self.image.digest, self.grounding, self.text, self.methods,
-                 round(self.keep_ratio if keep_ratio is None else keep_ratio, 6), self.layer,
-                 sorted(self.params.items()), self.max_new_tokens, self.prior]
-        return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
+
+# ---------------------------------------------------------------------------------------------------- typed inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisInputs:
+    """The inputs of one analysis, as the components (or an API client) send them."""
+
+    model: object
+    image: object
+    task: object = "Grounding"
+    prompt: object = ""
+    expression: object = ""
+    gt_box: object = ""
+    methods: object = DEFAULT_METHODS
+    keep_ratio: object = 0.25
+    layer: object = 2
+    alpha: object = 0.5
+    theta: object = 0.8
+    r_pivot: object = 0.7
+    max_new_tokens: object = 24
+    prior: object = "auto"
+    colour_scale: object = "independent"
+    log_colour: object = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepInputs(AnalysisInputs):
+    ratios: object = DEFAULT_SWEEP
+
+
+@dataclasses.dataclass(frozen=True)
+class BiasInputs:
+    model: object
+    layer: object = 2
+    head: object = MEAN_HEADS
+    blank_colour: object = "grey"
+    log_colour: object = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInputs:
+    model: object
+
+
+@dataclasses.dataclass(frozen=True)
+class DisplayInputs:
+    shown: object
+    colour_scale: object = "independent"
+    log_colour: object = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StepInputs:
+    shown: object
+    method: object = "d2pruner"
+    step: object = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInputs:
+    shown: object
+    layer: object = 1
+    head: object = MEAN_HEADS
+    log_colour: object = False
+
+
+def typed(handler: Callable, cls: type, *, progress: bool = False) -> Callable:
+    """An event function whose parameters are ``cls``'s fields (Gradio passes the event's components in that order
+    and names the API parameters after them) and which calls ``handler(cls(...))`` — one typed object per event."""
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    def event(*args, **kwargs):
+        tracker = kwargs.pop("progress", None)
+        values = dict(zip(names, args, strict=False))
+        values.update(kwargs)
+        inputs = cls(**values)
+        return handler(inputs, tracker) if progress else handler(inputs)
+
+    params = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                default=f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty)
+              for f in dataclasses.fields(cls)]
+    if progress:
+        params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+    event.__signature__ = inspect.Signature(params)
+    event.__name__ = getattr(handler, "__name__", "event")
+    event.__doc__ = handler.__doc__
+    return event
+
+
+# ---------------------------------------------------------------------------------------------------- results
 
 
 @dataclasses.dataclass
 class Entry:
-    """A cached analysis: the result and the numbers computed with the model's config at the time."""
+    """A cached analysis: the result, what served it, and its renders (built once, re-used by every redraw)."""
 
-    result: d2pruner.AnalysisResult
-    efficiency: dict[str, dict]
+    key: str
+    result: object
+    served_name: str
+    requested: str
+    reason: str | None
+    random_weights: bool
     device: str
+    arch: object
+    bytes_per_value: int
+    grounding: bool
+    text: str
+    settings: dict
+    image: uploads.LoadedImage
+    photo_token: str
     seconds: float
+    renders: dict = dataclasses.field(default_factory=dict)
+    files: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def photo_url(self) -> str:
+        return f"{PHOTO_ROUTE}/{self.photo_token}"
+
+    @property
+    def geometry(self) -> viz.TokenGeometry:
+        return viz.TokenGeometry.of(self.result)
+
+    def summary(self, gt_box) -> summary.Summary:
+        key = ("summary", gt_box)
+        if key not in self.renders:
+            self.renders[key] = summary.summarize(
+                self.result, arch=self.arch, bytes_per_value=self.bytes_per_value, gt_box=gt_box,
+                grounding=self.grounding, random_weights=self.random_weights)
+        return self.renders[key]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Rendering: result → figures, tables, JSON, files.
+def _plot(fig) -> PlotData:
+    return PlotData(type="plotly", plot=fig.to_json(validate=False))
 
 
-def geometry_of(result) -> viz.TokenGeometry:
-    return viz.TokenGeometry.from_grids(result.grids, result.regions, result.image_size)
+def _cached(entry: Entry, key, build: Callable[[], object]):
+    if key not in entry.renders:
+        entry.renders[key] = build()
+    return entry.renders[key]
 
 
-def _flat(maps: Sequence[np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.asarray(m, dtype=np.float64).ravel() for m in maps])
+def model_note(entry: Entry) -> str:
+    """How figure titles and tables name the model that produced them."""
+    tag = " (random weights)" if entry.random_weights else ""
+    return f"{entry.served_name}{tag}"
 
 
-def efficiency_numbers(result, model) -> dict[str, dict]:
-    """Per method (and "vanilla"): kept tokens, analytic prefill FLOPs / KV cache (paper and exact conventions)
-    and measured prefill time."""
-    arch = d2pruner.arch_from_config(model.config)
-    visual = int(result.layout.num_tokens)  # LLaVA-NeXT newline tokens included (always kept)
-    protected = visual - result.num_candidates
-    text = max(0, int(result.prompt_tokens) - visual)
-    bpv = int(getattr(getattr(model, "dtype", None), "itemsize", 2) or 2)
-    out = {}
-    rows = [("vanilla", None, result.vanilla_prefill_seconds, 0.0)]
-    rows += [(m, r.num_kept + protected, r.prefill_seconds, r.select_seconds) for m, r in result.methods.items()]
-    for name, kept, prefill, select in rows:
-        reports = {
-            conv: d2pruner.efficiency_report(arch, text_tokens=text, visual_tokens=visual, layer=result.layer,
-                                             kept=kept, bytes_per_value=bpv, convention=conv)
-            for conv in ("paper", "exact")
-        }
-        out[name] = {
-            "visual_tokens": visual, "kept_tokens": visual if kept is None else kept, "text_tokens": text,
-            "bytes_per_value": bpv,
-            **{f"{k}_{conv}": v for conv, rep in reports.items() for k, v in (
-                ("flops", rep.flops), ("flops_unpruned", rep.flops_unpruned), ("kv_bytes", rep.kv_bytes),
-                ("kv_bytes_unpruned", rep.kv_bytes_unpruned))},
-            "prefill_seconds": float(prefill), "select_seconds": float(select),
-        }
+# ---------------------------------------------------------------------------------------------------- rendering
+
+
+def heatmap_figures(entry: Entry, *, colour: str, log_colour: bool) -> tuple[PlotData, PlotData, PlotData]:
+    """Raw attention, prior and relative attention at layer K−1 (cached per colour option)."""
+
+    def build():
+        r, geo = entry.result, entry.geometry
+        att = r.attention_flat.astype(np.float64)
+        prior = np.concatenate([np.ravel(p) for p in r.prior]).astype(np.float64)
+        rel = r.relative_flat.astype(np.float64)
+        k = r.layer
+        scale, zr = 1.0, (None, None, None)
+        if colour == "shared":
+            scale = float(np.mean(prior))
+            shared = viz.value_range(att, prior, rel * scale, log=log_colour)
+            zr = (shared, shared, shared)
+        prior_title = "uniform" if r.prior_source == "uniform" else r.prior_source.split(",")[0]
+        sub = f"{model_note(entry)} · layer K−1 = {k - 1}"
+        common = dict(image_source=entry.photo_url, log=log_colour, height=380)
+        figs = (
+            viz.token_heatmap(None, geo, att, title="Raw attention", subtitle=sub, value_label="attention",
+                              zrange=zr[0], panel="attention", **common),
+            viz.token_heatmap(None, geo, prior, title="Positional-bias prior",
+                              subtitle=prior_title, value_label="prior",
+                              zrange=zr[1], panel="prior", **common),
+            viz.token_heatmap(None, geo, rel, title="Relative attention = attention ÷ prior",
+                              subtitle="what D²Pruner ranks by", value_label="relative attention",
+                              colorscale=viz.RELATIVE_COLORSCALE, value_scale=scale, zrange=zr[2],
+                              panel="relative", **common),
+        )
+        return tuple(_plot(f) for f in figs)
+
+    return _cached(entry, ("heatmaps", colour, bool(log_colour)), build)
+
+
+def graph_plot(entry: Entry) -> PlotData:
+    def build():
+        r = entry.result
+        kept = r.methods["d2pruner"].kept if "d2pruner" in r.methods else None
+        gp = r.graph_params
+        fig = viz.graph_figure(None, entry.geometry, r.graph_edges, r.graph_edge_kinds,
+                               title=f"Hybrid graph · α = {gp['alpha']:g}, θ = {gp['theta']:g}",
+                               subtitle=f"{model_note(entry)} · red: kept by D²Pruner" if kept is not None else
+                               model_note(entry),
+                               highlight=kept, highlight_label="kept by D²Pruner", image_source=entry.photo_url,
+                               height=440, max_edges=1500)
+        return _plot(fig)
+
+    return _cached(entry, ("graph",), build)
+
+
+def panels_of(entry: Entry) -> list[viz.Panel]:
+    r = entry.result
+    out = [viz.Panel(labels.label(labels.VANILLA), viz.METHOD_COLORS[labels.VANILLA], None, r.vanilla_box,
+                     labels.VANILLA)]
+    out += [viz.Panel(labels.label(m), viz.method_color(m), res.kept, res.box, m) for m, res in r.methods.items()]
     return out
 
 
-def _grounding_numbers(result, gt_box) -> dict[str, dict]:
-    rows = {"vanilla": (result.vanilla_answer, result.vanilla_box)}
-    rows.update({m: (r.answer, r.box) for m, r in result.methods.items()})
-    out = {}
-    for name, (answer, box) in rows.items():
-        out[name] = {
-            "answer": answer,
-            "box": None if box is None else [float(v) for v in box],
-            "iou_vs_gt": None if gt_box is None else float(d2pruner.box_iou(box, gt_box)),
-            "iou_vs_vanilla": None if name == "vanilla" or result.vanilla_box is None or box is None
-            else float(d2pruner.box_iou(box, result.vanilla_box)),
-            "agreement": word_f1(answer, result.vanilla_answer),
-        }
-    return out
+def facet_plots(entry: Entry, gt_box) -> list[PlotData]:
+    def build():
+        r = entry.result
+        return [_plot(viz.facet_figure(None, entry.geometry, p, gt_box=gt_box, reference_box=r.vanilla_box,
+                                       grounding=entry.grounding, image_source=entry.photo_url))
+                for p in panels_of(entry)]
+
+    return _cached(entry, ("facets", gt_box), build)
 
 
-@dataclasses.dataclass
-class AnalysisView:
-    """Everything the analysis tab shows (the outputs of /analyze, by name)."""
-
-    status: str
-    attention: object
-    prior: object
-    relative: object
-    graph: object
-    methods: object
-    answers: list[list]
-    efficiency: list[list]
-    files: list[str]
-    summary: dict
-
-    def outputs(self) -> tuple:
-        return (self.status, self.attention, self.prior, self.relative, self.graph, self.methods,
-                self.answers, self.efficiency, self.files, self.summary)
-
-
-ANSWER_HEADERS = ["method", "tokens kept", "answer", "box (x1, y1, x2, y2)", "IoU vs GT", "IoU vs vanilla",
-                  "agreement with vanilla"]
-EFFICIENCY_HEADERS = ["method", "visual tokens", "prefill FLOPs", "FLOPs ×", "KV cache", "KV ×",
-                      "measured prefill", "speed-up", "selection"]
-SWEEP_HEADERS = ["method", "keep ratio", "tokens kept", "metric", "answer"]
-
-
-def _label(name: str) -> str:
-    return "Vanilla (unpruned)" if name == "vanilla" else viz.METHOD_LABELS.get(name, name)
-
-
-def render_analysis(entry: Entry, request: Request, *, colour: str, log_colour: bool, out_dir: Path,
-                    seconds: float | None = None) -> AnalysisView:
-    """Figures, tables, the JSON summary and the download files of one analysis."""
-    result = entry.result
-    image = request.image.image
-    geo = geometry_of(result)
-    att = result.attention_flat.astype(np.float64)
-    prior = _flat(result.prior)
-    rel = result.relative_flat.astype(np.float64)
-    k = result.layer
-    if colour == "shared":
-        rel_colour = rel * float(np.mean(prior))
-        shared = viz.value_range(att, prior, rel_colour, log=log_colour)
-        ranges, colours = (shared, shared, shared), (None, None, rel_colour)
-        labels = ("attention", "attention (prior)", "relative × mean prior")
-    else:
-        ranges, colours = (None, None, None), (None, None, None)
-        labels = ("attention", "prior", "attention / prior")
-    prior_title = "uniform" if result.prior_source == "uniform" else result.prior_source.split(" of ")[0]
-    fig_att = viz.token_heatmap(image, geo, att, title=f"Raw attention · layer {k - 1} → last prompt token",
-                                value_label="attention", log=log_colour, zrange=ranges[0], colorbar_title=labels[0])
-    fig_prior = viz.token_heatmap(image, geo, prior, title=f"Positional-bias prior · {prior_title}",
-                                  value_label="prior", log=log_colour, zrange=ranges[1], colorbar_title=labels[1])
-    fig_rel = viz.token_heatmap(image, geo, rel, title="Relative attention = attention / prior",
-                                value_label="relative attention", colorscale=viz.RELATIVE_COLORSCALE,
-                                color_values=colours[2], zrange=ranges[2], log=log_colour, colorbar_title=labels[2])
-    kept_d2 = result.methods["d2pruner"].kept if "d2pruner" in result.methods else None
-    gp = result.graph_params
-    fig_graph = viz.graph_figure(
-        image, geo, result.graph_edges, result.graph_edge_kinds,
-        title=f"Hybrid graph · α = {gp['alpha']:g}, θ = {gp['theta']:g}", highlight=kept_d2,
-        highlight_label="kept by D²Pruner",
-    )
-    panels = [viz.Panel("Vanilla", viz.VANILLA_COLOR, None, result.vanilla_box)]
-    panels += [viz.Panel(_label(m), viz.METHOD_COLORS.get(m, "#111827"), r.kept, r.box)
-               for m, r in result.methods.items()]
-    n_all = result.num_candidates
-    fig_methods = viz.methods_figure(
-        image, geo, panels, gt_box=request.gt_box, reference_box=result.vanilla_box,
-        title=f"Kept tokens and boxes · keep {result.n} of {n_all} ({result.n / n_all:.0%}) from layer {k}",
-        cols=4 if len(panels) > 3 else len(panels),
-    )
-    fig_graph.update_layout(height=max(400, fig_methods.layout.height))
-    grounding = _grounding_numbers(result, request.gt_box)
-    eff = entry.efficiency
-    answers = []
-    for name, g in grounding.items():
-        kept = n_all if name == "vanilla" else result.methods[name].num_kept
-        answers.append([
-            _label(name), f"{kept} / {n_all}", g["answer"] or "(empty)",
-            _box_text(g["box"]) if request.grounding else "–",
-            "–" if g["iou_vs_gt"] is None else f"{g['iou_vs_gt']:.2f}",
-            "–" if g["iou_vs_vanilla"] is None else f"{g['iou_vs_vanilla']:.2f}",
-            "–" if name == "vanilla" else f"{g['agreement']:.2f}" + (" (same)" if g["agreement"] == 1.0 else ""),
-        ])
-    efficiency = []
-    van = eff["vanilla"]
-    for name, e in eff.items():
-        efficiency.append([
-            _label(name), f"{e['kept_tokens']} / {e['visual_tokens']}",
-            _si(e["flops_paper"], "FLOPs"), f"{e['flops_unpruned_paper'] / e['flops_paper']:.2f}×",
-            _bytes(e["kv_bytes_paper"]), f"{e['kv_bytes_unpruned_paper'] / e['kv_bytes_paper']:.2f}×",
-            f"{e['prefill_seconds'] * 1e3:.1f} ms",
-            f"{van['prefill_seconds'] / e['prefill_seconds']:.2f}×" if e["prefill_seconds"] > 0 else "–",
-            "–" if name == "vanilla" else f"{e['select_seconds'] * 1e3:.1f} ms",
-        ])
-    full = analysis_json(entry, request, grounding)
-    summary = {key: value for key, value in full.items() if key not in ("tokens", "graph")}
-    summary["methods"] = {m: {k2: v for k2, v in d.items() if k2 != "kept"} for m, d in full["methods"].items()}
-    summary["graph"] = {k2: v for k2, v in full["graph"].items() if k2 not in ("edges", "kinds")}
-    files = _write_files(full, entry, request, geo, panels, colours, ranges, labels, log_colour, out_dir, kept_d2)
-    status = _status_markdown(entry, request, seconds)
-    return AnalysisView(status, fig_att, fig_prior, fig_rel, fig_graph, fig_methods, answers, efficiency, files,
-                        summary)
-
-
-def _status_markdown(entry: Entry, request: Request, seconds: float | None) -> str:
+def status_markdown(entry: Entry, seconds: float, cached: bool) -> str:
     r = entry.result
     grids = ", ".join(f"{g.name} {g.rows}×{g.cols}" for g in r.grids)
-    took = entry.seconds if seconds is None else seconds
+    text = html.escape(entry.text[:120]) + ("…" if len(entry.text) > 120 else "")
     lines = [
-        f"**{r.model}** ({r.family}, {entry.device}) · **N = {r.num_candidates}** visual tokens ({grids}) · "
-        f"keep **n = {r.n}** ({r.n / r.num_candidates:.0%}) from layer **K = {r.layer}** · "
-        f"{'grounding' if request.grounding else 'question'}: *{_esc(request.text[:120])}*"
-        f"{'…' if len(request.text) > 120 else ''}",
-        f"prior: {r.prior_source} · vision tower {r.vision_seconds * 1e3:.0f} ms · "
-        f"vanilla prefill {r.vanilla_prefill_seconds * 1e3:.0f} ms · "
-        + (f"computed in {entry.seconds:.1f} s" if seconds is None else f"from cache ({took:.2f} s)"),
+        f"**{r.model}** ({r.family}, {entry.device}) · **N = {r.num_candidates}** visual tokens ({grids}) · keep "
+        f"**n = {r.n}** ({r.n / r.num_candidates:.0%}) · pruned from layer **K = {r.layer}**, ranked by layer K−1 "
+        f"= {r.layer - 1} attention · {'grounding' if entry.grounding else 'question'}: *{text}*",
+        f"prior: {html.escape(r.prior_source)} · vision tower {r.vision_seconds * 1e3:.0f} ms · vanilla prefill "
+        f"{r.vanilla_prefill_seconds * 1e3:.0f} ms · "
+        + (f"from cache, shown in {seconds * 1e3:.0f} ms" if cached else f"computed in {entry.seconds:.1f} s"),
     ]
-    notes = list(dict.fromkeys([*request.notes, *r.notes]))
+    if entry.reason:
+        lines.insert(0, f"<span class='warn-text'>Requested **{html.escape(entry.requested)}**, which cannot run "
+                        f"here ({html.escape(entry.reason)}): these results are from **{entry.served_name}**, a tiny "
+                        "model with random weights.</span>")
+    notes = list(dict.fromkeys([*entry.image.notes, *r.notes]))
     if notes:
-        lines.append("<span class='small-note'>Notes: " + " · ".join(_esc(n) for n in notes) + "</span>")
+        lines.append("<span class='small-note'>Notes: " + " · ".join(html.escape(n) for n in notes) + "</span>")
     return "\n\n".join(lines)
 
 
-def analysis_json(entry: Entry, request: Request, grounding: dict[str, dict]) -> dict:
-    """All numbers of one analysis (the downloadable JSON)."""
-    r = entry.result
-    methods = {}
-    for m, res in r.methods.items():
-        methods[m] = {
-            "label": _label(m), "num_kept": int(res.num_kept), "kept": [int(i) for i in res.kept],
-            **grounding[m], "prefill_seconds": res.prefill_seconds, "select_seconds": res.select_seconds,
-            "params": res.params, "efficiency": entry.efficiency[m],
-        }
-    return {
-        "format": "d2pruner-lab-analysis/1",
-        "versions": {"d2pruner": d2pruner.__version__, "gradio": gr.__version__},
-        "model": r.model, "family": r.family, "device": entry.device,
-        "task": "grounding" if request.grounding else "question",
-        "prompt": r.prompt, "question": r.question,
-        "image": {"size": list(r.image_size), "processed_size": list(r.processed_size),
-                  "uploaded_size": list(request.image.original_size), "sha1_16": request.image.digest},
-        "settings": {"keep_ratio": r.keep_ratio, "layer": r.layer, "n": r.n, "num_candidates": r.num_candidates,
-                     "max_new_tokens": request.max_new_tokens, "prior": request.prior, **request.params},
-        "grids": [{"name": g.name, "rows": g.rows, "cols": g.cols, "offset": g.offset} for g in r.grids],
-        "prior_source": r.prior_source,
-        "prompt_tokens": int(r.prompt_tokens),
-        "ground_truth": None if request.gt_box is None else [float(v) for v in request.gt_box],
-        "vanilla": {**grounding["vanilla"], "prefill_seconds": r.vanilla_prefill_seconds,
-                    "efficiency": entry.efficiency["vanilla"]},
-        "methods": methods,
-        "timing": {"vision_seconds": r.vision_seconds, "total_seconds": entry.seconds},
-        "graph": {**r.graph_params, "num_edges": len(r.graph_edges),
-                  "num_semantic": int(sum(k == "semantic" for k in r.graph_edge_kinds)),
-                  "edges": np.asarray(r.graph_edges).tolist(), "kinds": list(r.graph_edge_kinds)},
-        "tokens": {"regions": np.round(r.regions, 3).tolist(), "attention": r.attention_flat.tolist(),
-                   "prior": _flat(r.prior).tolist(), "relative_attention": r.relative_flat.tolist()},
-        "efficiency_conventions": {
-            "paper": "FastV / D²Pruner Table 4: 4nd² + 2n²d + 2ndm per layer, KV at the pruned length everywhere",
-            "exact": "2 FLOPs per MAC, GQA, gated FFN; KV full length below K",
-        },
-        "notes": list(dict.fromkeys([*request.notes, *r.notes])),
-    }
+def record_of(entry: Entry, gt_box) -> dict:
+    return _cached(entry, ("record", gt_box), lambda: export.analysis_record(
+        entry.summary(gt_box), settings=entry.settings, device=entry.device, requested_model=entry.requested,
+        versions={"d2pruner": _version(), "gradio": gr.__version__},
+        image={"uploaded_size": list(entry.image.original_size), "sha1_16": entry.image.digest}))
 
 
-def _write_files(full: dict, entry: Entry, request: Request, geo, panels, colours, ranges, labels, log_colour,
-                 out_dir: Path, highlight) -> list[str]:
+def _version() -> str:
+    from d2pruner.compat import VERSION
+
+    return VERSION
+
+
+def stem_of(entry: Entry) -> str:
     r = entry.result
-    stem = f"d2pruner-{re.sub(r'[^A-Za-z0-9.]+', '-', r.model).strip('-')}-{request.image.digest[:8]}-" \
-           f"keep{round(r.keep_ratio * 100)}-K{r.layer}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(full, indent=1, default=float))
-    att, prior, rel = r.attention_flat, _flat(r.prior), r.relative_flat
-    heat = [
-        ("raw attention", att, viz.ATTENTION_COLORSCALE, ranges[0], log_colour, labels[0]),
-        ("bias prior", prior, viz.ATTENTION_COLORSCALE, ranges[1], log_colour, labels[1]),
-        ("relative attention", rel if colours[2] is None else colours[2], viz.RELATIVE_COLORSCALE, ranges[2],
-         log_colour, labels[2]),
-    ]
-    header = [
-        f"model {r.model} ({r.family}) · N = {r.num_candidates} visual tokens · keep n = {r.n} from layer K = "
-        f"{r.layer} · prior: {r.prior_source}",
-        f"{'grounding' if request.grounding else 'question'}: {request.text[:300]}",
-    ]
+    model = re.sub(r"[^A-Za-z0-9.]+", "-", Path(r.model).name if Path(r.model).is_absolute() else r.model)
+    return f"d2pruner-{model.strip('-')}-{entry.image.digest[:8]}-keep{round(r.keep_ratio * 100)}-K{r.layer}"
+
+
+def result_files(entry: Entry, gt_box, out_dir: Path) -> list[str]:
+    """The JSON with every number and the PNG of every panel — built once per (analysis, ground truth)."""
+    key = gt_box
+    found = entry.files.get(key)
+    if found and all(Path(p).is_file() for p in found):
+        return found
+    record = record_of(entry, gt_box)
+    folder = Path(tempfile.mkdtemp(dir=out_dir))
+    json_path = export.write_json(record, folder / f"{stem_of(entry)}.json")
+    r, summ = entry.result, entry.summary(gt_box)
+    att, prior, rel = r.attention_flat, np.concatenate([np.ravel(p) for p in r.prior]), r.relative_flat
+    heat = [(f"layer {r.layer - 1} attention", att, viz.ATTENTION_COLORSCALE, None, False, "attention"),
+            ("positional-bias prior", prior, viz.ATTENTION_COLORSCALE, None, False, "prior"),
+            ("relative attention", rel, viz.RELATIVE_COLORSCALE, None, False, "attention / prior")]
+    header = [f"model {r.model} ({r.family}) · N = {r.num_candidates} visual tokens · keep n = {r.n}, pruned from "
+              f"layer K = {r.layer} by layer K−1 = {r.layer - 1} attention · prior: {r.prior_source}",
+              f"{'grounding' if entry.grounding else 'question'}: {entry.text[:300]}"]
+    if entry.reason:
+        header.insert(0, f"requested {entry.requested}: {entry.reason}; results from {entry.served_name}")
     footer = []
-    for name, d in [("vanilla", full["vanilla"]), *full["methods"].items()]:
-        e = entry.efficiency[name]
-        iou = "" if d["iou_vs_gt"] is None else f" · IoU {d['iou_vs_gt']:.2f}"
-        footer.append(f"{_label(name)}: {e['kept_tokens']}/{e['visual_tokens']} tokens · "
-                      f"{_si(e['flops_paper'], 'FLOPs')} · KV {_bytes(e['kv_bytes_paper'])}{iou} · "
-                      f"answer: {(d['answer'] or '(empty)')[:160]}")
-    png = viz.report_png(request.image.image, geo, heatmaps=heat, edges=r.graph_edges, kinds=r.graph_edge_kinds,
-                         panels=panels, gt_box=request.gt_box, reference_box=r.vanilla_box, header=header,
-                         footer=footer, highlight=highlight,
+    for name, a in summ.answers.items():
+        e = summ.efficiency[name]
+        iou = f" · IoU {a.vs_ground_truth.text()}" if entry.grounding and gt_box is not None else ""
+        footer.append(f"{labels.label(name)}: {e.kept_tokens}/{e.visual_tokens} tokens · "
+                      f"{summary.si(e.flops['paper'], 'FLOPs')} · KV {summary.byte_text(e.kv_bytes['paper'])}{iou} · "
+                      f"answer: {(a.answer or '(empty)')[:160]}")
+    kept = r.methods["d2pruner"].kept if "d2pruner" in r.methods else None
+    png = viz.report_png(entry.image.image, entry.geometry, heatmaps=heat, edges=r.graph_edges,
+                         kinds=r.graph_edge_kinds, panels=panels_of(entry), gt_box=gt_box,
+                         reference_box=r.vanilla_box, header=header, footer=footer, highlight=kept,
+                         warning=export.RANDOM_WEIGHTS_WARNING if entry.random_weights else None,
                          graph_title=f"graph α={r.graph_params['alpha']:g} θ={r.graph_params['theta']:g}")
-    png_path = out_dir / f"{stem}.png"
-    png.save(png_path, optimize=True)
-    return [str(json_path), str(png_path)]
+    png_path = folder / f"{stem_of(entry)}.png"
+    png.save(png_path, compress_level=1)  # fast; the report is photos and flat colours
+    entry.files[key] = [str(json_path), str(png_path)]
+    return entry.files[key]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Handlers.
+def table_label(what: str, entry: Entry) -> str:
+    return f"{what} · {model_note(entry)}"
 
 
-@contextmanager
-def user_errors(what: str):
-    """Turn bad input into a clear gr.Error (the app keeps serving); log anything unexpected."""
-    try:
-        yield
-    except gr.Error:
-        raise
-    except (InputError, ValueError) as err:
-        raise gr.Error(str(err), title=f"Cannot {what}", print_exception=False) from None
-    except Exception as err:
-        log.exception("%s failed", what)
-        raise gr.Error(f"{what} failed: {type(err).__name__}: {err}", title=f"{what.capitalize()} failed") from None
+# ---------------------------------------------------------------------------------------------------- html bits
+
+
+def banner_html(served: Served | None, requested: str, device: str, note: str | None = None) -> str:
+    """The model banner of one session (what its requests run on)."""
+    if served is None:
+        return f"<div class='banner warn' role='status'>{html.escape(note or 'No model.', quote=False)}</div>"
+    if served.reason:
+        return (f"<div class='banner warn' role='status'><b>Could not load <code>{html.escape(requested)}</code></b>: "
+                f"{html.escape(served.reason)}.<br>Your requests run on <b><code>{served.name}</code></b> instead — a "
+                "tiny model with <b>random weights</b>: it shows the mechanics (token grids, attention capture, "
+                "priors, pruning inside the model, boxes), <b>not real behaviour</b>; its answers are gibberish.</div>")
+    if served.random_weights:
+        return (f"<div class='banner warn' role='status'><b><code>{served.name}</code></b> on {device}: a tiny model "
+                "with random weights — mechanics, not real behaviour.</div>")
+    return (f"<div class='banner ok' role='status'><b><code>{html.escape(served.name)}</code></b> on {device} "
+            f"(loaded in {served.model.seconds:.0f} s).</div>")
+
+
+def model_markdown(served: Served | None, host: ModelHost) -> str:
+    if served is None:
+        return ""
+    a = served.analyzer
+    params = sum(p.numel() for p in a.model.parameters())
+    note = f" · {host.device_note}" if host.device_note else ""
+    return (f"<span class='small-note'>requests run on <b>{html.escape(a.name)}</b> · family <b>{a.family}</b> · "
+            f"{a.num_layers} decoder layers · {params / 1e6:,.1f} M parameters · {host.device} · dtype "
+            f"{str(a.model.dtype).replace('torch.', '')}{note}</span>")
+
+
+def error_html(message: str) -> str:
+    return f"<div class='error-box' role='alert'><b>Cannot run this:</b> {html.escape(message, quote=False)}</div>"
+
+
+GUIDE = """
+<div class="guide"><h2>How to use the lab</h2><ol>
+<li><b>Pick an example</b> (a photo with a referring expression and a hand-placed box) or upload an image.</li>
+<li>Choose <b>Grounding</b> (the model draws a box around the expression) or <b>Question</b>.</li>
+<li>Press <b>Analyze</b>: the unpruned model and every selected method run on the same inputs.</li>
+<li><b>Hover or click a token</b> in any panel: it is highlighted everywhere, and the inspector says what each method
+did with it. Then replay a method's choices <b>step by step</b>, or look at the attention <b>at every layer</b>.</li>
+</ol><p>A tiny model (random weights) shows the mechanics on any machine; a real checkpoint shows real behaviour.</p>
+</div>"""
+
+METHOD_GUIDE = "\n".join(
+    f"* **{info.label}** — {info.summary} *{info.paper}.*" for name, info in labels.METHOD_INFO.items()
+    if name in METHODS
+)
+
+ABOUT = f"""
+### How to read the panels
+* **Raw attention** — attention of the last prompt token to every visual token at layer K−1 (mean over heads), as the
+  model computed it: the ranking FastV uses. Tokens are dropped from layer K on.
+* **Positional-bias prior** — the mean of that attention over many natural photos (calibrated once per model and layer
+  from the bundled photographs, then cached): what each *position* draws whatever the image shows.
+* **Relative attention** — attention ÷ prior (D²Pruner eq. 3): what the prompt attends to *beyond* the positional habit.
+* **Hybrid graph** — D²Pruner joins tokens i ≠ j when α·Ŝ_sem + (1−α)·S_spat > θ: solid blue edges join grid
+  neighbours that are also similar, dotted pink edges join distant tokens by similarity alone (only when α > θ).
+* **Kept tokens** — one panel per method: pruned tokens shaded, its box (its colour), the vanilla box (dotted) and the
+  ground truth (dashed green); the title gives the kept count and the IoU, or *no box* when the answer has none
+  (never counted as 0). Grey strips: parts of the image the model never sees (LLaVA-1.5's centre crop).
+* **Efficiency** — analytic prefill FLOPs and KV cache (the paper's convention; the JSON also has the exact one) and
+  the measured prefill time of each pruned forward pass.
+
+### The methods
+{METHOD_GUIDE}
+
+Multi-grid models have buttons in the panels: LLaVA-NeXT's *high-res grid* / *base grid*, InternVL's *tiles* /
+*thumbnail*. Boxes and regions are in pixels of the uploaded image (LLaVA-1.5: the model sees the centre crop).
+"""
+
+
+# ---------------------------------------------------------------------------------------------------- handlers
 
 
 class LabApp:
-    """The event handlers. One instance per process; per-call state lives in locals and ``Request``."""
+    """The event handlers. Per-request state lives in the typed inputs and the session's ``shown`` state (the key
+    of the analysis on screen); the shared caches are bounded."""
 
-    def __init__(self, host: ModelHost, out_root: Path | None = None):
+    def __init__(self, host: ModelHost, *, default_model: str, limits: Limits | None = None,
+                 upload_roots: Sequence[str | os.PathLike] | None = None, out_dir: str | os.PathLike | None = None,
+                 photos: PhotoStore | None = None):
         self.host = host
-        self.cache: OrderedDict[str, Entry] = OrderedDict()
-        self._out_root = Path(out_root or tempfile.mkdtemp(prefix="d2pruner-lab-"))
-        self._out_root.mkdir(parents=True, exist_ok=True)
-        self._out_dirs: list[Path] = []
+        self.default_model = default_model
+        self.limits = limits or Limits()
+        self.upload_roots = [str(r) for r in (upload_roots or [_gradio_upload_dir(), EXAMPLES_DIR])]
+        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="d2pruner-lab-"))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.photos = photos or PhotoStore()
+        self.results = LRUCache(self.limits.result_entries, self.limits.result_bytes)
+        self.queue_length: Callable[[], int] = lambda: 0
 
-    # ---- helpers
-    @property
-    def analyzer(self) -> d2pruner.Analyzer:
-        if self.host.analyzer is None:
-            raise InputError("No model is loaded yet.")
-        return self.host.analyzer
+    # ---- shared helpers
+    def _entry(self, key) -> Entry:
+        entry = self.results.get(key) if isinstance(key, str) else None
+        if entry is None:
+            raise requests.UserError("These results are no longer cached; press Analyze to compute them again.")
+        return entry
 
-    def _out_dir(self) -> Path:
-        d = Path(tempfile.mkdtemp(dir=self._out_root))
-        self._out_dirs.append(d)
-        while len(self._out_dirs) > 32:
-            shutil.rmtree(self._out_dirs.pop(0), ignore_errors=True)
-        return d
+    def compute(self, inp: AnalysisInputs, keep_ratio=None, progress=None) -> tuple[Entry, object, bool]:
+        """The cached analysis of ``inp`` (at ``keep_ratio``), computed on the requested model when missing."""
+        grounding = requests.check_task(inp.task)
+        text = inp.expression if grounding else inp.prompt
+        methods = requests.methods_value(inp.methods)
+        params = requests.method_params(methods, {"alpha": inp.alpha, "theta": inp.theta, "r_pivot": inp.r_pivot})
+        ratio = requests.as_float(inp.keep_ratio if keep_ratio is None else keep_ratio)
+        layer, max_new = requests.as_int(inp.layer), requests.as_int(inp.max_new_tokens)
+        name = self.host.check(inp.model)
+        image = uploads.load_upload(inp.image, self.upload_roots, self.limits)
+        gt = requests.parse_box(inp.gt_box, image.image.size, image.scale)
+        key = json.dumps([name, image.digest, grounding, text, methods, ratio, layer, sorted(params.items()), max_new,
+                          inp.prior], default=str)
+        entry = self.results.get(key)
+        if entry is not None:
+            return entry, gt if grounding else None, True
 
-    def make_request(self, image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha, theta,
-                     r_pivot, max_new_tokens, prior) -> Request:
-        """Validate every input (clear messages) and decode the image."""
-        grounding = (task or TASKS[0]) == "Grounding"
-        if task not in TASKS and task is not None:
-            raise InputError(f"Task must be one of {', '.join(TASKS)}, got {task!r}.")
-        methods = tuple(dict.fromkeys(methods or ()))
-        if not methods:
-            raise InputError("Select at least one pruning method.")
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown:
-            raise InputError(f"Unknown method(s) {unknown}; choose from {', '.join(METHODS)}.")
-        keep = _number(keep_ratio, "Keep ratio", 0.0, 1.0)
-        if keep == 0:
-            raise InputError("Keep ratio 0 would remove every visual token: choose a value in (0, 1], "
-                             "e.g. 0.25 keeps a quarter of them.")
-        num_layers = self.analyzer.num_layers
-        layer = _number(layer, f"Layer K ({self.host.status.loaded} has {num_layers} decoder layers)", 1,
-                        num_layers - 1, integer=True)
-        alpha = _number(alpha, "α (weight of semantic similarity in the hybrid graph)", 0.0, 1.0)
-        theta = _number(theta, "θ (edge threshold of the hybrid graph)", 0.0, 1.0)
-        r_pivot = _number(r_pivot, "r_pivot (share of pivots)", 0.0, 1.0)
-        max_new_tokens = _number(max_new_tokens, "Max new tokens", 1, MAX_NEW_TOKENS, integer=True)
-        if prior not in [v for _, v in PRIOR_CHOICES]:
-            raise InputError(f"Prior must be one of {[v for _, v in PRIOR_CHOICES]}, got {prior!r}.")
-        text, notes = clean_prompt(expression if grounding else prompt,
-                                   what="referring expression" if grounding else "prompt")
-        loaded = load_image(image)
-        notes = [*loaded.notes, *notes]
-        box = parse_box(gt_box, loaded.image.size, loaded.scale)
-        if box is not None and not grounding:
-            notes.append("the ground-truth box is only used in grounding mode")
-            box = None
-        if keep == 1.0:
-            notes.append("keep ratio 1 keeps every visual token: each method equals the unpruned model")
-        params = {"alpha": alpha, "theta": theta, "r_pivot": r_pivot} if "d2pruner" in methods else {}
-        return Request(loaded, grounding, text, box, methods, keep, layer, params, max_new_tokens, prior, notes)
-
-    def _analysis(self, request: Request, keep_ratio: float, progress) -> tuple[Entry, bool]:
-        """The cached analysis of ``request`` at ``keep_ratio`` (computed lazily)."""
-        host = self.host
-        with host.lock:
-            key = request.key(host.status.loaded, keep_ratio)
-            if key in self.cache:
-                self.cache.move_to_end(key)
-                return self.cache[key], True
-            analyzer = self.analyzer
-
-            def calibrating(done: int, total: int, message: str) -> None:
+        def calibrating(done: int, total: int, message: str) -> None:
+            if progress is not None:
                 progress((done, total), desc=f"calibrating the prior: {message}")
 
+        with self.host.use(name, progress=(lambda m: progress(0.05, desc=m)) if progress else None) as served:
+            analyzer = served.analyzer
+            if progress is not None:
+                progress(0.1, desc=f"{served.name}: the unpruned model and the methods …")
             start = time.perf_counter()
-            result = analyzer.analyze(
-                request.image.image, request.text, methods=request.methods, keep_ratio=keep_ratio,
-                layer=request.layer, grounding=request.grounding, max_new_tokens=request.max_new_tokens,
-                prior=request.prior, progress=calibrating, **request.params,
-            )
-            entry = Entry(result, efficiency_numbers(result, analyzer.model), host.device,
-                          time.perf_counter() - start)
-            self.cache[key] = entry
-            while len(self.cache) > RESULT_CACHE_SIZE:
-                self.cache.popitem(last=False)
-            return entry, False
+            result = analyzer.analyze(image.image, text, methods=methods, keep_ratio=ratio, layer=layer,
+                                      grounding=grounding, max_new_tokens=max_new, prior=inp.prior, steps=True,
+                                      heads=True, progress=calibrating, **params)
+            from d2pruner.efficiency import arch_from_config
 
-    # ---- events
-    def analyze(self, image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha, theta, r_pivot,
-                max_new_tokens, prior, colour_scale="independent", log_colour=False, progress=gr.Progress()):  # noqa: B008 - Gradio's progress hook
-        """Run the unpruned model and every selected method on one image; return all panels."""
-        return self.run_analysis(image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha, theta,
-                                 r_pivot, max_new_tokens, prior, colour_scale, log_colour, progress).outputs()
+            entry = Entry(
+                key=key, result=result, served_name=served.name, requested=name, reason=served.reason,
+                random_weights=served.random_weights, device=served.model.device,
+                arch=arch_from_config(analyzer.model.config),
+                bytes_per_value=int(getattr(analyzer.model.dtype, "itemsize", 2) or 2), grounding=grounding,
+                text=text, settings={"task": "grounding" if grounding else "question", "max_new_tokens": max_new,
+                                     "prior": inp.prior, "methods": list(result.methods), **params},
+                image=image, photo_token=self.photos.add(viz.photo_jpeg(image.image)),
+                seconds=time.perf_counter() - start)
+        self.results.put(key, entry)
+        return entry, gt if grounding else None, False
 
-    def run_analysis(self, image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha, theta,
-                     r_pivot, max_new_tokens, prior, colour_scale="independent", log_colour=False,
-                     progress=None) -> AnalysisView:
-        progress = progress or (lambda *a, **k: None)
-        with user_errors("analyse"):
-            request = self.make_request(image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha,
-                                        theta, r_pivot, max_new_tokens, prior)
-            for note in request.notes:
-                gr.Warning(note[0].upper() + note[1:] + ".")
-            progress(0.05, desc=f"running the unpruned model and {len(request.methods)} methods …")
-            start = time.perf_counter()
-            entry, cached = self._analysis(request, request.keep_ratio, progress)
-            progress(0.9, desc="drawing the panels …")
-            return render_analysis(entry, request, colour=colour_scale, log_colour=bool(log_colour),
-                                   out_dir=self._out_dir(), seconds=time.perf_counter() - start if cached else None)
+    def _analysis_outputs(self, entry: Entry, gt, colour, log_colour, seconds, cached) -> dict:
+        colour = requests.check_choice("colour_scale", colour, [v for _, v in COLOUR_CHOICES])
+        log_colour = requests.check_bool("log_colour", log_colour)
+        summ = entry.summary(gt)
+        record = record_of(entry, gt)
+        facets = facet_plots(entry, gt)
+        return {
+            "status": status_markdown(entry, seconds, cached),
+            "heatmaps": heatmap_figures(entry, colour=colour, log_colour=log_colour),
+            "graph": graph_plot(entry),
+            "facets": facets,
+            "answers": summ.answer_rows(),
+            "efficiency": summ.efficiency_rows(),
+            "summary": export.summary_record(record),
+        }
 
-    def rerender(self, *args):
-        """Redraw the panels after a colour-scale change, only if that analysis is already cached."""
+    # ---- /analyze (the API: errors are raised)
+    def analyze_api(self, inp: AnalysisInputs, progress=None) -> tuple:
+        """Run the unpruned model and every selected method on one image; return every panel, the tables, the
+        downloads and all numbers."""
+        start = time.perf_counter()
         try:
-            request = self.make_request(*args[:13])
-        except (InputError, ValueError):
-            return tuple(gr.skip() for _ in range(10))
-        if request.key(self.host.status.loaded, request.keep_ratio) not in self.cache:
-            return tuple(gr.skip() for _ in range(10))
-        return self.analyze(*args)
+            entry, gt, cached = self.compute(inp, progress=progress)
+            out = self._analysis_outputs(entry, gt, inp.colour_scale, inp.log_colour, time.perf_counter() - start,
+                                         cached)
+            files = result_files(entry, gt, self.out_dir)
+        except Exception as error:
+            message, _ = requests.user_message(error, "analysis")
+            raise gr.Error(message, title="Cannot analyse", print_exception=False) from None
+        facets = out["facets"] + [None] * (FACETS - len(out["facets"]))
+        return (out["status"], *out["heatmaps"], out["graph"], *facets, out["answers"], out["efficiency"], files,
+                out["summary"])
 
-    def sweep(self, image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha, theta, r_pivot,
-              max_new_tokens, prior, ratios, progress=gr.Progress()):  # noqa: B008 - Gradio's progress hook
-        """Every selected method at several keep ratios: IoU against the ground truth (grounding with a box) or
-        answer agreement with the unpruned model, against keep ratio."""
-        with user_errors("run the sweep"):
-            ratio_list = parse_ratios(ratios)
-            request = self.make_request(image, task, prompt, expression, gt_box, methods, 0.5, layer, alpha, theta,
-                                        r_pivot, max_new_tokens, prior)
-            use_iou = request.grounding and request.gt_box is not None
-            metric = "IoU with the ground-truth box" if use_iou else "answer agreement with vanilla (word F1)"
-            series = {m: [] for m in request.methods}
-            rows, vanilla_iou = [], None
-            for i, ratio in enumerate(ratio_list):
-                progress((i, len(ratio_list)), desc=f"keep {ratio:.0%}: {len(request.methods)} methods …",
-                         unit="ratios")
-                entry, _ = self._analysis(request, ratio, progress)
-                r = entry.result
-                if use_iou:
-                    vanilla_iou = float(d2pruner.box_iou(r.vanilla_box, request.gt_box))
-                for m, res in r.methods.items():
-                    value = float(d2pruner.box_iou(res.box, request.gt_box)) if use_iou else word_f1(res.answer,
-                                                                                             r.vanilla_answer)
-                    series[m].append(value)
-                    rows.append([_label(m), f"{ratio:g}", f"{res.num_kept} / {r.num_candidates}", f"{value:.3f}",
-                                 res.answer[:80] + ("…" if len(res.answer) > 80 else "")])
-            progress((len(ratio_list), len(ratio_list)), desc="done", unit="ratios")
-            named = {_label(m): v for m, v in series.items()}
-            colors = {_label(m): viz.METHOD_COLORS[m] for m in series}
-            if vanilla_iou is not None:
-                named["Vanilla (unpruned)"] = [vanilla_iou] * len(ratio_list)
-                colors["Vanilla (unpruned)"] = "#6B7280"
-            fig = viz.sweep_figure(ratio_list, named, metric_label=metric, colors=colors,
-                                   title=f"Keep-ratio sweep · {metric}")
-            return fig, rows
+    # ---- the Analyze button (the UI: errors are shown beside the controls, results stay)
+    def analyze_ui(self, inp: AnalysisInputs, progress=None) -> tuple:
+        start = time.perf_counter()
+        try:
+            entry, gt, cached = self.compute(inp, progress=progress)
+            out = self._analysis_outputs(entry, gt, inp.colour_scale, inp.log_colour, time.perf_counter() - start,
+                                         cached)
+        except Exception as error:
+            message, _ = requests.user_message(error, "analysis")
+            return (error_html(message), *[gr.skip()] * (UI_ANALYSIS_OUTPUTS - 1))
+        r = entry.result
+        methods = [m for m in r.methods if r.methods[m].steps]
+        method = "d2pruner" if "d2pruner" in methods else (methods[0] if methods else None)
+        n_steps = len(r.methods[method].steps) if method else 1
+        facet_updates = [gr.update(value=f, visible=True) for f in out["facets"]]
+        facet_updates += [gr.update(value=None, visible=False)] * (FACETS - len(facet_updates))
+        num_layers = int(r.layer_attention.shape[0]) if r.layer_attention is not None else r.layer
+        heads = int(r.layer_attention_heads.shape[1]) if r.layer_attention_heads is not None else 0
+        return (
+            "",  # the error box
+            {"key": entry.key, "gt": gt},
+            gr.update(visible=False),  # the guide
+            gr.update(visible=True),  # the results
+            out["status"],
+            *out["heatmaps"], out["graph"], *facet_updates,
+            gr.update(value=out["answers"], label=table_label("Answers and boxes", entry)),
+            gr.update(value=out["efficiency"], label=table_label("Efficiency · analytic prefill FLOPs and KV cache "
+                                                                 "(paper convention) · measured prefill", entry)),
+            out["summary"],
+            gr.update(choices=[(labels.label(m), m) for m in methods], value=method),
+            gr.update(maximum=max(1, n_steps), value=1),
+            gr.update(maximum=max(1, num_layers - 1), value=r.layer - 1),
+            gr.update(choices=[MEAN_HEADS, *[f"head {h}" for h in range(heads)]], value=MEAN_HEADS),
+            f"{time.time():.6f}",  # the results stamp (page script: "results arrived")
+        )
 
-    def explore_bias(self, layer, blank_colour="grey", log_colour=False, progress=gr.Progress()):  # noqa: B008 - Gradio's progress hook
-        """The loaded model's positional bias at layer K: natural and content-free priors, their marginals, and
-        the attention on a blank image."""
-        with user_errors("explore the bias"):
-            analyzer = self.analyzer
-            k = _number(layer, f"Layer K ({analyzer.num_layers} decoder layers)", 1, analyzer.num_layers - 1,
-                        integer=True)
-            if blank_colour not in BLANK_COLOURS:
-                raise InputError(f"Blank colour must be one of {list(BLANK_COLOURS)}, got {blank_colour!r}.")
+    def files_ui(self, inp: DisplayInputs) -> list[str] | object:
+        """The downloads of the analysis on screen (after the panels: they are not needed to look)."""
+        try:
+            shown = inp.shown or {}
+            entry = self._entry(shown.get("key"))
+            return result_files(entry, shown.get("gt"), self.out_dir)
+        except Exception as error:
+            requests.user_message(error, "downloads")
+            return gr.skip()
 
-            def report(kind):
-                return lambda done, total, message: progress((done, total), desc=f"{kind} prior: {message}")
+    def rerender(self, inp: DisplayInputs) -> tuple:
+        """Redraw the heatmaps in another colour scale (from the cache: no model runs)."""
+        try:
+            entry = self._entry((inp.shown or {}).get("key"))
+            colour = requests.check_choice("colour_scale", inp.colour_scale, [v for _, v in COLOUR_CHOICES])
+            return heatmap_figures(entry, colour=colour, log_colour=requests.check_bool("log_colour", inp.log_colour))
+        except Exception:
+            return (gr.skip(),) * 3
 
-            with self.host.lock:
-                natural = analyzer.get_prior(k, "natural", progress=report("natural"))
-                content_free = analyzer.get_prior(k, "content-free", progress=report("content-free"))
-                blank = Image.new("RGB", (448, 448), BLANK_COLOURS[blank_colour])
-                prompt = natural.prompt or "Describe the image."
-                observed = analyzer.observe(blank, prompt, layer=k)
-            nat = {role: m.detach().cpu().numpy() for role, m in natural.maps.items()}
-            cf = {role: m.detach().cpu().numpy() for role, m in content_free.maps.items()}
-            obs = {g.name: a for g, a in zip(observed.grids, observed.attention, strict=True)}
-            log_c = bool(log_colour)
-            fig_nat = viz.maps_figure(nat, title=f"Natural prior · layer {k - 1} attention, mean over "
-                                      f"{natural.num_images} photos", value_label="mean attention", log=log_c,
-                                      normalise=True)
-            fig_cf = viz.maps_figure(cf, title=f"Content-free prior · {content_free.num_images} blank / noise images",
-                                     value_label="mean attention", log=log_c, normalise=True)
-            fig_blank = viz.maps_figure(obs, title=f"Attention on a blank {blank_colour} image",
-                                        value_label="attention", log=log_c, normalise=True)
-            main = _main_role(nat)
-            fig_marg = viz.marginals_figure(
-                {"natural prior": nat[main], "content-free prior": cf.get(main, next(iter(cf.values()))),
-                 "blank image": obs[_main_role(obs)]},
-                colors={"natural prior": "#DC2626", "content-free prior": "#2563EB", "blank image": "#6B7280"},
-                dashes={"blank image": "dot"},
-                title=f"Row and column marginals ({main}) · 1 = uniform",
-            )
-            status = _bias_markdown(analyzer, k, natural, content_free, nat[main], prompt)
-            return status, fig_nat, fig_cf, fig_blank, fig_marg
+    # ---- step by step
+    def step_view(self, inp: StepInputs) -> tuple:
+        """One method's selection after step s, explained."""
+        try:
+            entry = self._entry((inp.shown or {}).get("key"))
+            r = entry.result
+            if inp.method not in r.methods or not r.methods[inp.method].steps:
+                return "Select a method.", gr.skip()
+            record = r.methods[inp.method].steps
+            step = requests.as_int(inp.step)
+            if not isinstance(step, int):
+                raise requests.UserError(f"step must be a whole number, got {step!r}")
+            state = steps.replay(record, step - 1)
+            key = ("step", inp.method, state.index)
 
-    def switch_model(self, name, progress=gr.Progress()):  # noqa: B008 - Gradio's progress hook
-        """Load another model (one in memory at a time); fall back to a tiny model with a banner on failure."""
-        with user_errors("switch the model"):
-            progress(0.1, desc=f"loading {name} …")
-            status = self.host.load(name, progress=lambda msg: progress(0.3, desc=msg))
-            if status.reason:
-                gr.Warning(f"{name} could not be loaded ({status.reason}); running {status.loaded}.")
-            layers = self.analyzer.num_layers
-            return status.banner_html(), gr.update(maximum=layers - 1, value=min(2, layers - 1)), \
-                _model_markdown(self.host)
+            def build():
+                geo = entry.geometry
+                gi, rows, cols = geo.positions()
+                ranks = steps.rank_of(r.relative_flat)
 
+                def where(t: int) -> str:
+                    return f"#{t} ({geo.grids[gi[t]].name}, row {rows[t]}, col {cols[t]})"
+
+                text = steps.explain(inp.method, state, where=where, rank=lambda t: int(ranks[t]))
+                fig = viz.step_figure(None, geo, kept=state.kept, current=int(state.step.token),
+                                      excluded=state.excluded, newly_excluded=state.newly_excluded,
+                                      pivots=state.pivots, color=viz.method_color(inp.method),
+                                      title=f"{labels.label(inp.method)} · step {state.index + 1} of {state.total}",
+                                      subtitle=f"{model_note(entry)} · {len(state.kept)} kept, "
+                                               f"{len(state.excluded)} excluded so far",
+                                      image_source=entry.photo_url)
+                return text, _plot(fig)
+
+            return _cached(entry, key, build)
+        except Exception as error:
+            message, _ = requests.user_message(error, "step view")
+            return message, gr.skip()
+
+    # ---- every layer
+    def layer_view(self, inp: LayerInputs, calibrate: bool = False, progress=None) -> tuple:
+        """Raw attention, prior and relative attention at any layer of the analysis on screen (no model run; a prior
+        is looked up, and calibrated only on request)."""
+        try:
+            entry = self._entry((inp.shown or {}).get("key"))
+            r = entry.result
+            layer = requests.as_int(inp.layer)
+            L = int(r.layer_attention.shape[0])
+            if not isinstance(layer, int) or not 0 <= layer < L:
+                raise requests.UserError(f"layer must be a whole number in [0, {L - 1}], got {inp.layer!r}")
+            head = inp.head if inp.head not in (None, "") else MEAN_HEADS
+            log_colour = requests.check_bool("log_colour", inp.log_colour)
+            return self._layer_panels(entry, layer, head, log_colour, calibrate, progress)
+        except Exception as error:
+            message, _ = requests.user_message(error, "layer view")
+            return message, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+
+    def _layer_panels(self, entry: Entry, layer: int, head: str, log_colour: bool, calibrate: bool, progress):
+        r = entry.result
+        if head == MEAN_HEADS:
+            att = r.layer_attention[layer].astype(np.float64)
+        else:
+            match = re.fullmatch(r"head (\d+)", str(head))
+            per_head = r.layer_attention_heads
+            if match is None or per_head is None or int(match.group(1)) >= per_head.shape[1]:
+                raise requests.UserError(f"head must be {MEAN_HEADS!r} or 'head h'; got {head!r}")
+            att = r.layer_attention_heads[layer, int(match.group(1))].astype(np.float64)
+        kind = {"auto": "natural", "natural": "natural", "content-free": "content-free"}.get(entry.settings["prior"])
+        note, prior_maps = "", None
+        if kind is None:
+            note = "uniform prior (no debiasing): relative attention = raw attention at every layer."
+            prior_maps = [np.ones((g.rows, g.cols), np.float32) for g in r.grids]
+        elif layer + 1 >= int(r.layer_attention.shape[0]):
+            note = (f"No prior for the last layer: a prior of layer K describes the attention at K−1 = {layer}, and "
+                    "pruning from a layer past the last one is meaningless.")
+        else:
+            found = self._layer_prior(entry, layer + 1, kind, calibrate, progress)
+            if found is None:
+                note = (f"No {kind} prior for layer K = {layer + 1} is stored yet — press *Calibrate this layer's "
+                        "prior* (one early-exit pass per calibration photo).")
+            else:
+                prior_maps, description, notes = found
+                note = f"prior: {description}" + (f" · {'; '.join(notes)}" if notes else "")
+        geo = entry.geometry
+        sub = f"{model_note(entry)} · layer {layer} · {head}"
+        common = dict(image_source=entry.photo_url, log=log_colour, height=360)
+        fig_att = viz.token_heatmap(None, geo, att, title=f"Attention at layer {layer}", subtitle=sub,
+                                    value_label="attention", panel="layer-attention", **common)
+        if prior_maps is None:
+            can_calibrate = kind is not None and layer + 1 < int(r.layer_attention.shape[0])
+            return note, _plot(fig_att), None, None, gr.update(visible=can_calibrate)
+        prior = np.concatenate([np.ravel(p) for p in prior_maps]).astype(np.float64)
+        rel = att / (prior + 1e-7)
+        fig_prior = viz.token_heatmap(None, geo, prior, title=f"Prior of layer K = {layer + 1}",
+                                      subtitle=f"attention at layer {layer} that position alone draws",
+                                      value_label="prior", panel="layer-prior", **common)
+        fig_rel = viz.token_heatmap(None, geo, rel, title=f"Relative attention at layer {layer}",
+                                    subtitle="attention ÷ prior" + ("" if head == MEAN_HEADS else
+                                                                    f" ({head} ÷ the mean-over-heads prior)"),
+                                    value_label="relative attention", colorscale=viz.RELATIVE_COLORSCALE,
+                                    panel="layer-relative", **common)
+        return note, _plot(fig_att), _plot(fig_prior), _plot(fig_rel), gr.update(visible=False)
+
+    def _layer_prior(self, entry: Entry, layer_k: int, kind: str, calibrate: bool, progress):
+        def report(done, total, message):
+            if progress is not None:
+                progress((done, total), desc=f"calibrating the prior of layer {layer_k}: {message}")
+
+        if calibrate:
+            with self.host.use(entry.served_name) as served:
+                return served.analyzer.prior_for(entry.result, layer_k, kind, calibrate=True, progress=report)
+        if entry.served_name not in self.host.loaded():
+            return None
+        with self.host.use(entry.served_name) as served:  # loaded: no load happens
+            return served.analyzer.prior_for(entry.result, layer_k, kind, calibrate=False)
+
+    def calibrate_layer(self, inp: LayerInputs, progress=None) -> tuple:
+        return self.layer_view(inp, calibrate=True, progress=progress)
+
+    # ---- the sweep
+    def sweep(self, inp: SweepInputs, progress=None) -> tuple:
+        """Every selected method at several keep ratios: IoU against the ground truth (grounding with a box) or answer
+        agreement with the unpruned model, against keep ratio. "No box" is a gap (counted), never 0."""
+        ratios = scoring.parse_ratios(inp.ratios, limit=self.limits.sweep_ratios)
+        results, gt, model, grounding = [], None, None, True
+        for i, ratio in enumerate(ratios):
+            if progress is not None:
+                progress((i, len(ratios)), desc=f"keep {ratio:.0%} …", unit="ratios")
+            entry, gt, _ = self.compute(inp, keep_ratio=ratio, progress=None)
+            results.append(entry.result)
+            model, grounding = model_note(entry), entry.grounding
+        table = scoring.sweep_table(results, gt, grounding=grounding)
+        series = {labels.label(m): v for m, v in table.series().items()}
+        colors = {labels.label(m): viz.method_color(m) for m in table.methods}
+        if table.vanilla is not None:
+            series[labels.label(labels.VANILLA)] = [table.vanilla] * len(ratios)
+            colors[labels.label(labels.VANILLA)] = viz.METHOD_COLORS[labels.VANILLA]
+        fig = viz.sweep_figure(ratios, series, metric_label=table.metric, colors=colors,
+                               title=f"Keep-ratio sweep · {model}")
+        rows = [[labels.label(p.method), f"{p.keep_ratio:g}", f"{p.num_kept} / {p.num_candidates}",
+                 "no box" if p.value is None else f"{p.value:.3f}", p.answer[:80] + ("…" if len(p.answer) > 80 else "")]
+                for p in table.points]
+        means = table.means()
+        mean_text = " · ".join(f"{labels.label(m)} {s.text()}" for m, s in means.items())
+        return _plot(fig), rows, f"Mean {table.metric} over the ratios: {mean_text}"
+
+    def sweep_api(self, inp: SweepInputs, progress=None) -> tuple:
+        try:
+            return self.sweep(inp, progress)
+        except Exception as error:
+            message, _ = requests.user_message(error, "sweep")
+            raise gr.Error(message, title="Cannot run the sweep", print_exception=False) from None
+
+    def sweep_ui(self, inp: SweepInputs, progress=None) -> tuple:
+        try:
+            return ("", *self.sweep(inp, progress))
+        except Exception as error:
+            message, _ = requests.user_message(error, "sweep")
+            return error_html(message), gr.skip(), gr.skip(), gr.skip()
+
+    # ---- the bias explorer
+    def bias(self, inp: BiasInputs, progress=None) -> tuple:
+        """The model's positional bias at layer K: natural and content-free priors, their marginals, and the
+        attention on a blank image (mean over heads or one head)."""
+        colour = requests.check_choice("blank_colour", inp.blank_colour, list(BLANK_COLOURS))
+        log_c = requests.check_bool("log_colour", inp.log_colour)
+        head = inp.head if inp.head not in (None, "") else MEAN_HEADS
+        k = requests.as_int(inp.layer)
+
+        def report(kind):
+            return (lambda done, total, msg: progress((done, total), desc=f"{kind} prior: {msg}")) if progress else None
+
+        with self.host.use(inp.model) as served:
+            analyzer = served.analyzer
+            natural = analyzer.get_prior(k, "natural", progress=report("natural"))
+            content_free = analyzer.get_prior(k, "content-free", progress=report("content-free"))
+            blank = Image.new("RGB", (448, 448), BLANK_COLOURS[colour])
+            prompt = natural.prompt or "Describe the image."
+            observed = analyzer.observe(blank, prompt, layer=k, heads=head != MEAN_HEADS)
+        if head == MEAN_HEADS:
+            flat = observed.attention_flat
+        else:
+            match = re.fullmatch(r"head (\d+)", str(head))
+            if match is None or int(match.group(1)) >= observed.attention_heads.shape[0]:
+                raise requests.UserError(f"head must be {MEAN_HEADS!r} or 'head h' with h < "
+                                         f"{observed.attention_heads.shape[0]}; got {head!r}")
+            flat = observed.attention_heads[int(match.group(1))]
+        splits = np.cumsum([g.size for g in observed.grids])[:-1]
+        obs = {g.name: part.reshape(g.rows, g.cols) for g, part in zip(observed.grids, np.split(flat, splits),
+                                                                        strict=True)}
+        nat = {role: m.detach().cpu().numpy() for role, m in natural.maps.items()}
+        cf = {role: m.detach().cpu().numpy() for role, m in content_free.maps.items()}
+        name = f"{served.name}{' (random weights)' if served.random_weights else ''}"
+        figs = [
+            viz.maps_figure(nat, title=f"Natural prior · layer K = {k} (layer {k - 1} attention)",
+                            subtitle=f"{name} · mean over {natural.num_images} photos, over heads",
+                            value_label="mean attention", log=log_c, normalise=True),
+            viz.maps_figure(cf, title=f"Content-free prior · layer K = {k}",
+                            subtitle=f"{name} · {content_free.num_images} blank / noise images",
+                            value_label="mean attention", log=log_c, normalise=True),
+            viz.maps_figure(obs, title=f"Attention on a blank {colour} image · layer {k - 1}",
+                            subtitle=f"{name} · {head}", value_label="attention", log=log_c, normalise=True),
+        ]
+        main = _main_role(nat)
+        marg = viz.marginals_figure(
+            {"natural prior": nat[main], "content-free prior": cf.get(main, next(iter(cf.values()))),
+             "blank image": obs[_main_role(obs)]},
+            colors={"natural prior": "#DC2626", "content-free prior": "#2563EB", "blank image": "#4B5563"},
+            dashes={"blank image": "dot"}, title=f"Row and column marginals ({main}) · 1 = uniform · {name}")
+        status = _bias_markdown(served, k, natural, content_free, nat[main], prompt, head)
+        return status, *(_plot(f) for f in figs), _plot(marg)
+
+    def bias_api(self, inp: BiasInputs, progress=None) -> tuple:
+        try:
+            return self.bias(inp, progress)
+        except Exception as error:
+            message, _ = requests.user_message(error, "bias explorer")
+            raise gr.Error(message, title="Cannot show the bias", print_exception=False) from None
+
+    def bias_ui(self, inp: BiasInputs, progress=None) -> tuple:
+        try:
+            return self.bias(inp, progress)
+        except Exception as error:
+            message, _ = requests.user_message(error, "bias explorer")
+            return (error_html(message), *[gr.skip()] * 4)
+
+    # ---- the model of this session
+    def load_model(self, inp: ModelInputs, progress=None) -> tuple:
+        """Prepare the model this session's requests name (loaded within the memory budget; nothing changes for
+        anyone else); returns this session's banner and the layer bounds."""
+        try:
+            name = self.host.check(inp.model)
+            if progress is not None:
+                progress(0.1, desc=f"loading {name} …")
+            served = self.host.prepare(name, progress=(lambda m: progress(0.3, desc=m)) if progress else None)
+        except Exception as error:
+            message, _ = requests.user_message(error, "loading the model")
+            return banner_html(None, str(inp.model), self.host.device, message), gr.skip(), gr.skip(), gr.skip()
+        layers = served.analyzer.num_layers
+        return (banner_html(served, name, self.host.device), gr.update(maximum=layers - 1),
+                gr.update(maximum=layers - 1), model_markdown(served, self.host))
+
+    # ---- small UI helpers (no model)
     def pick_corner(self, pending, evt: gr.SelectData):
         """Two clicks on the input image set the ground-truth box (first corner, then the opposite one)."""
         x, y = (float(v) for v in evt.index[:2])
         if not pending:
-            gr.Info(f"First corner at ({x:.0f}, {y:.0f}); click the opposite corner.")
-            return gr.skip(), [x, y]
+            return gr.skip(), [x, y], f"First corner at ({x:.0f}, {y:.0f}); click the opposite corner."
         x0, y0 = pending
         box = (min(x0, x), min(y0, y), max(x0, x), max(y0, y))
         if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-            return gr.skip(), None
-        return ", ".join(f"{v:.0f}" for v in box), None
+            return gr.skip(), None, "The two corners must differ; click two opposite corners."
+        return ", ".join(f"{v:.0f}" for v in box), None, "Ground-truth box set (dashed green on the image)."
+
+    def busy(self, *args, **kwargs):
+        """The validator of every heavy event: refuse with a clear message when the queue is full."""
+        count = max(1, len(args) + len(kwargs))
+        waiting = self.queue_length()
+        if waiting >= self.limits.queue_size:
+            message = (f"Busy: {waiting} requests are waiting (you would be number {waiting + 1}; the queue holds "
+                       f"{self.limits.queue_size}). Please try again in a minute.")
+            return [gr.validate(False, message)] + [gr.validate(True, "")] * (count - 1)
+        return [gr.validate(True, "")] * count
 
 
 def _main_role(maps: dict) -> str:
@@ -1076,34 +895,24 @@ def _main_role(maps: dict) -> str:
     return detail[0] if detail else next(iter(maps))
 
 
-def _bias_markdown(analyzer, layer, natural, content_free, main_map: np.ndarray, prompt: str) -> str:
+def _bias_markdown(served: Served, layer, natural, content_free, main_map: np.ndarray, prompt: str, head: str) -> str:
     rows = main_map.mean(axis=1)
     third = max(1, len(rows) // 3)
     ratio = rows[-third:].sum() / max(rows[:third].sum(), 1e-12)
     lean = "bottom-heavy" if ratio > 1.1 else "top-heavy" if ratio < 1 / 1.1 else "balanced top–bottom"
     return "\n\n".join([
-        f"**{analyzer.name}** · layer K = {layer} (attention of the last prompt token at layer {layer - 1}) · "
-        f"prompt used: *{_esc(prompt)}*",
-        f"natural: {_esc(natural.describe())}",
-        f"content-free: {_esc(content_free.describe())}",
+        f"**{html.escape(served.name)}** · prior of layer K = {layer} (attention of the last prompt token at layer "
+        f"K−1 = {layer - 1}) · prompt used: *{html.escape(prompt)}* · blank image: {head}",
+        f"natural: {html.escape(natural.describe())}",
+        f"content-free: {html.escape(content_free.describe())}",
         f"Bottom third / top third of the rows: **{ratio:.2f}×** the attention mass ({lean}).",
     ])
 
 
-def _model_markdown(host: ModelHost) -> str:
-    a = host.analyzer
-    if a is None:
-        return ""
-    params = sum(p.numel() for p in a.model.parameters())
-    note = f" · {host.device_note}" if host.device_note else ""
-    return (f"<span class='small-note'>running <b>{_esc(a.name)}</b> · family <b>{a.family}</b> · "
-            f"{a.num_layers} decoder layers · "
-            f"{params / 1e6:,.1f} M parameters · {host.device} · dtype {str(a.model.dtype).replace('torch.', '')}"
-            f"{note}</span>")
+def _gradio_upload_dir() -> str:
+    from gradio.utils import get_upload_folder
 
-
-# ----------------------------------------------------------------------------------------------------
-# Layout.
+    return get_upload_folder()
 
 
 def load_examples() -> list[dict]:
@@ -1112,138 +921,241 @@ def load_examples() -> list[dict]:
     return [e for e in items if (EXAMPLES_DIR / e["file"]).is_file()]
 
 
-ABOUT = """
-### How to read the panels
-* **Raw attention** — attention of the last prompt token to every visual token at layer K−1 (mean over heads), as
-  the model computed it. FastV keeps the largest of these.
-* **Positional-bias prior** — the mean of that attention over many natural photos (calibrated once per model and
-  layer from `assets/calibration/`, then cached). LLaVA-1.5 puts more attention on the bottom rows whatever the
-  image shows; the prior measures this.
-* **Relative attention** — attention / prior (D²Pruner eq. 3): what the prompt attends to *beyond* the positional habit.
-* **Hybrid graph** — D²Pruner joins tokens i ≠ j when α·Ŝ_sem + (1−α)·S_spat > θ: solid blue edges join grid
-  neighbours that are also similar, dotted pink edges join distant tokens by similarity alone (only when α > θ).
-  Red nodes: the tokens D²Pruner kept — pivots (largest relative attention) plus a greedy independent set.
-* **Kept tokens and boxes** — per method, pruned tokens are shaded; the facet title gives the kept count and the IoU
-  of its box with the ground truth (dashed green); the vanilla box is dotted.
-* **Efficiency** — analytic prefill FLOPs and KV cache (paper convention, `d2pruner.efficiency`; the downloaded
-  JSON also has the exact count) and the measured prefill time of each pruned forward pass. The vanilla prefill
-  runs with the attention-capture hooks on; on a tiny CPU model the times are dominated by overhead, and the first
-  pass after loading includes warm-up.
-* **Sweep** — IoU with the ground-truth box (grounding with a box), else word-F1 agreement with the vanilla answer,
-  at each keep ratio.
-
-Multi-grid models have buttons in the panels: LLaVA-NeXT's *high-res grid* / *base grid*, InternVL's *tiles* /
-*thumbnail*. Boxes and regions are in pixels of the uploaded image (LLaVA-1.5: the model sees the centre crop).
-A tiny model has random weights: its answers are gibberish and its boxes rarely parse; everything else is real.
-"""
+def example_name(e: dict) -> str:
+    return Path(e["file"]).stem.replace("_", " ")
 
 
-def build_demo(lab: LabApp) -> gr.Blocks:
+def example_card(index: int, e: dict) -> str:
+    """An example's thumbnail and name (the thumbnail is served by the app, see :func:`launch_kwargs`)."""
+    name = html.escape(example_name(e))
+    return (f"<span class='example-card'><img src='{EXAMPLE_ROUTE}/{index}' alt='' width='64' height='48'>"
+            f"<span>{name}</span></span>")
+
+
+def example_thumbnails(examples: Sequence[dict], size: int = 128) -> list[bytes]:
+    out = []
+    for e in examples:
+        with Image.open(EXAMPLES_DIR / e["file"]) as img:
+            thumb = img.convert("RGB")
+            thumb.thumbnail((size, size))
+            out.append(viz.photo_jpeg(thumb, size, quality=80))
+    return out
+
+
+def d2_controls(selected) -> tuple:
+    """α, θ and r_pivot are D²Pruner's: disabled, with the reason, when it is not selected."""
+    on = isinstance(selected, list) and "d2pruner" in selected
+    why = "" if on else " — only D²Pruner uses it: select D²Pruner to change it"
+    return (gr.update(interactive=on, info="semantic weight of the graph" + why),
+            gr.update(interactive=on, info="edge threshold" + why),
+            gr.update(interactive=on, info="share of pivots" + why))
+
+
+def apply_preset(choice, task, model) -> tuple:
+    """The paper's K, α, θ, r_pivot when "paper settings for this task" is chosen (else nothing changes)."""
+    values = paper_values(task, model) if choice == PRESETS[1] else None
+    if values is None:
+        return (gr.skip(),) * 4
+    return (gr.update(value=values["layer"]), gr.update(value=values["alpha"]), gr.update(value=values["theta"]),
+            gr.update(value=values["r_pivot"]))
+
+
+def example_filler(examples: Sequence[dict]) -> Callable:
+    """A gallery click → the example's image, task, prompt, expression and box (and a cleared corner)."""
+
+    def fill_example(index):
+        if not isinstance(index, int) or not 0 <= index < len(examples):
+            return (gr.skip(),) * 7
+        e = examples[index]
+        return (str(EXAMPLES_DIR / e["file"]), "Grounding", e["prompt"], e["referring_expression"],
+                ", ".join(str(v) for v in e["box"]), None, "")
+
+    return fill_example
+
+
+def paper_values(task, model) -> dict | None:
+    """K, α, θ, r_pivot of the paper for the task and the model's family (None for an unknown task)."""
+    from d2pruner.presets import paper_settings
+
+    if task not in TASKS or not isinstance(model, str):
+        return None
+    return paper_settings("localization" if task == "Grounding" else "understanding", catalog.family_of(model).name)
+
+
+# ---------------------------------------------------------------------------------------------------- layout
+
+
+#: outputs of the Analyze button: error box, shown, guide, results, status, 4 plots + the facets, 3 tables,
+#: step method and slider, layer slider and heads, the results stamp
+UI_ANALYSIS_OUTPUTS = 5 + 4 + FACETS + 3 + 4 + 1
+
+
+def build_demo(lab: LabApp, *, model_choices: Sequence[catalog.ModelChoice] | None = None) -> gr.Blocks:
     """The Gradio Blocks of the app, wired to ``lab``'s handlers."""
-    analyzer = lab.analyzer
+    from d2pruner.analysis import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, PRIOR_CHOICES
+
+    choices = list(model_choices if model_choices is not None else catalog.model_choices())
+    ids = [c.id for c in choices]
+    model_list = [(c.label, c.id) for c in choices]
+    if lab.default_model not in ids:
+        model_list.insert(0, (lab.default_model, lab.default_model))
+    try:
+        served = lab.host.prepare(lab.default_model)
+        layers = served.analyzer.num_layers
+    except Exception as error:  # the default cannot be served: the banner says so
+        served, layers = None, 32
+        log.error("the default model cannot be served: %s", error)
     examples = load_examples()
-    layers = analyzer.num_layers
-    with gr.Blocks(title="D²Pruner lab", delete_cache=(3600, 7200)) as demo:
-        gr.HTML(
-            "<div class='lab-header'><h1>D²Pruner lab</h1><p>Which visual tokens does each pruning method keep "
-            "inside a multimodal LLM — and why? Raw attention is biased by position; D²Pruner divides it by a "
-            "calibrated prior and keeps diverse tokens on a hybrid spatial–semantic graph.</p></div>"
-        )
-        banner = gr.HTML(lab.host.status.banner_html(), elem_id="model-banner")
-        # rendered below the examples, created first so that the examples can fill them
-        task = gr.Radio(list(TASKS), value="Grounding", label="Task", render=False)
-        prompt = gr.Textbox("", label="Question", lines=2, visible=False, max_length=20000, render=False,
-                            placeholder="What is on the table?")
-        expression = gr.Textbox("", label="Referring expression", lines=1, max_length=20000, render=False,
-                                placeholder="the spoon on the saucer")
-        gt_box = gr.Textbox("", label="Ground-truth box (optional)", placeholder="x1, y1, x2, y2 in pixels",
-                            info="typed, or two clicks on the image; IoU is measured against it", render=False)
-        with gr.Row(equal_height=True):
-            model_dd = gr.Dropdown(MODEL_CHOICES, value=lab.host.status.requested, label="Model",
-                                   allow_custom_value=True, scale=3, elem_id="model-dropdown",
-                                   info="A hub id of a supported family (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL, InternVL "
-                                        "-hf), a local path, or a tiny random model. One model is kept in memory.")
-            model_md = gr.Markdown(_model_markdown(lab.host), elem_id="model-info")
+    method_choices = [(labels.label(m), m) for m in METHODS]
+    with gr.Blocks(title="D²Pruner lab", delete_cache=(lab.limits.cleanup_seconds, lab.limits.file_age_seconds)
+                   ) as demo:
+        with gr.Row(equal_height=True, elem_classes="top-row"):
+            gr.HTML("<header class='lab-header'><h1>D²Pruner lab</h1><p>Which visual tokens does each pruning method "
+                    "keep inside a multimodal LLM — and why? Raw attention is biased by position; D²Pruner divides it "
+                    "by a calibrated prior and keeps diverse tokens on a hybrid spatial–semantic graph.</p></header>",
+                    elem_classes="header-cell")
+            with gr.Column(scale=1, min_width=300):
+                model = gr.Dropdown(model_list, value=lab.default_model, label="Model (for your requests only)",
+                                    elem_id="model-dropdown")
+                model_md = gr.Markdown(model_markdown(served, lab.host) if served else "", elem_id="model-info")
+        banner = gr.HTML(banner_html(served, lab.default_model, lab.host.device), elem_id="model-banner")
         with gr.Tabs():
-            with gr.Tab("Analysis", id="analysis"), gr.Row():
-                with gr.Column(scale=1, min_width=340):
-                    image = gr.Image(type="filepath", label="Image · click two corners to set the GT box",
-                                     sources=["upload", "clipboard"], height=280, elem_id="input-image")
-                    gr.Examples(
-                        examples=[[str(EXAMPLES_DIR / e["file"]), "Grounding", e["prompt"],
-                                   e["referring_expression"], ", ".join(str(v) for v in e["box"])]
-                                  for e in examples],
-                        inputs=[image, task, prompt, expression, gt_box],
-                        example_labels=[Path(e["file"]).stem.replace("_", " ") for e in examples],
-                        label="Examples: photos with a referring expression and a hand-placed box",
-                        cache_examples=False, examples_per_page=12,
-                    )
-                    for component in (task, prompt, expression, gt_box):
-                        component.render()
-                    methods = gr.CheckboxGroup(METHOD_CHOICES, value=list(METHODS), label="Methods")
+            with gr.Tab("Analysis", id="analysis"), gr.Row(elem_classes="analysis-row"):
+                with gr.Column(scale=1, min_width=320, elem_classes="inputs-col"):
+                    image = gr.Image(type="filepath", label="Image · click two corners to set the ground-truth box",
+                                     sources=["upload", "clipboard"], height=220, elem_id="input-image")
+                    corner_hint = gr.Markdown("", elem_id="corner-hint", elem_classes="small-note")
+                    task = gr.Radio(list(TASKS), value="Grounding", label="Task", elem_id="task")
+                    prompt = gr.Textbox("", label="Question", lines=2, visible=False, max_length=MAX_PROMPT_CHARS,
+                                        placeholder="e.g. What is on the table?", elem_id="prompt")
+                    expression = gr.Textbox("", label="Referring expression", lines=1, max_length=MAX_PROMPT_CHARS,
+                                            placeholder="e.g. the spoon on the saucer", elem_id="expression")
                     analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze-btn")
-                    with gr.Accordion("Pruning settings", open=True):
-                        keep_ratio = gr.Slider(0.0, 1.0, value=0.25, step=0.01, label="Keep ratio",
-                                               info="fraction of the N visual tokens kept, 0 < r ≤ 1",
-                                               elem_id="keep-ratio")
-                        layer = gr.Slider(1, max(2, layers - 1), value=min(2, layers - 1), step=1,
-                                          label="Layer K", info="tokens are dropped from decoder layer K on")
-                        prior = gr.Dropdown(PRIOR_CHOICES, value="auto", label="Prior for relative attention")
+                    error_box = gr.HTML("", elem_id="analyze-error")
+                    gt_box = gr.Textbox("", label="Ground-truth box (optional)", elem_id="gt-box",
+                                        placeholder="e.g. 325, 67, 423, 324",
+                                        info="x1, y1, x2, y2 in pixels of the image — typed, or two clicks on it")
+                    methods = gr.CheckboxGroup(method_choices, value=list(DEFAULT_METHODS), label="Methods",
+                                               elem_id="methods",
+                                               info="“DI only” = D²Pruner's debiased importance without the graph; "
+                                                    "“DART (official)” keeps 4 + 8⌊n/8⌋ tokens. See About.")
+                    with gr.Accordion("Pruning settings", open=True, elem_id="settings"):
+                        preset = gr.Radio(list(PRESETS), value="custom", label="Settings", elem_id="preset",
+                                          info="the paper's K, α, θ, r_pivot for this task and model family")
+                        keep_ratio = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Keep ratio",
+                                               info="fraction of the N visual tokens kept", elem_id="keep-ratio")
+                        layer = gr.Slider(1, max(2, layers - 1), value=min(2, layers - 1), step=1, label="Layer K",
+                                          info="pruned from decoder layer K, ranked by layer K−1 attention",
+                                          elem_id="layer-k")
+                        prior = gr.Dropdown(list(PRIOR_CHOICES), value="auto", label="Prior for relative attention",
+                                            elem_id="prior")
                         with gr.Row():
                             alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="α", min_width=120,
-                                              info="semantic weight of the graph")
+                                              info="semantic weight of the graph", elem_id="alpha")
                             theta = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="θ", min_width=120,
-                                              info="edge threshold")
+                                              info="edge threshold", elem_id="theta")
                         with gr.Row():
                             r_pivot = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="r_pivot", min_width=120,
-                                                info="share of pivots")
-                            max_new_tokens = gr.Slider(1, 256, value=24, step=1, label="Max new tokens",
-                                                       min_width=120, info="greedy decoding")
-                    with gr.Accordion("Display", open=True), gr.Row(equal_height=True):
-                        colour_scale = gr.Radio(COLOUR_CHOICES, value="independent", label="Heatmap colours",
-                                                scale=3, info="shared: one range for the three heatmaps")
-                        log_colour = gr.Checkbox(False, label="log colour", scale=1)
+                                                info="share of pivots", elem_id="r-pivot")
+                            max_new_tokens = gr.Slider(1, min(256, MAX_NEW_TOKENS), value=24, step=1,
+                                                       label="Max new tokens", min_width=120, info="greedy decoding",
+                                                       elem_id="max-new-tokens")
+                    with gr.Accordion("Display", open=False, elem_id="display"), gr.Row(equal_height=True):
+                        colour_scale = gr.Radio(list(COLOUR_CHOICES), value="independent", label="Heatmap colours",
+                                                scale=3, info="shared: one range for the three heatmaps",
+                                                elem_id="colour-scale")
+                        log_colour = gr.Checkbox(False, label="log colour", scale=1, elem_id="log-colour")
                     corner = gr.State(None)
-                with gr.Column(scale=3):
-                    status = gr.Markdown("Pick an example (or upload an image) and press **Analyze**.",
-                                         elem_id="status-md")
-                    with gr.Row(equal_height=True):
-                        plot_att = gr.Plot(label="Raw attention", show_label=False, elem_id="plot-attention")
-                        plot_prior = gr.Plot(label="Bias prior", show_label=False, elem_id="plot-prior")
-                        plot_rel = gr.Plot(label="Relative attention", show_label=False, elem_id="plot-relative")
-                    with gr.Row(equal_height=True):
-                        plot_graph = gr.Plot(label="Hybrid graph", show_label=False, elem_id="plot-graph", scale=2)
-                        plot_methods = gr.Plot(label="Kept tokens and boxes", show_label=False,
-                                               elem_id="plot-methods", scale=5)
-                    answers = gr.Dataframe(headers=ANSWER_HEADERS, label="Answers and boxes", interactive=False,
-                                           wrap=True, elem_id="answers",
-                                           column_widths=["13%", "8%", "37%", "14%", "8%", "9%", "11%"])
-                    efficiency = gr.Dataframe(headers=EFFICIENCY_HEADERS, elem_id="efficiency", interactive=False,
-                                              label="Efficiency · analytic prefill FLOPs and KV cache (paper "
-                                                    "convention) · measured prefill time", wrap=True)
-                    with gr.Row():
-                        files = gr.File(label="Download the analysis: JSON with every number + PNG of the panels",
-                                        file_count="multiple", interactive=False, elem_id="downloads", scale=1)
-                        with gr.Column(scale=1), gr.Accordion("All numbers (JSON summary)", open=False):
-                            summary = gr.JSON(label="summary", elem_id="summary")
-                    with gr.Accordion("Keep-ratio sweep", open=True):
-                        with gr.Row(equal_height=True):
-                            ratios = gr.Textbox(DEFAULT_SWEEP, label="Keep ratios", scale=4,
-                                                info="every selected method at each ratio, same inputs as above; "
-                                                     "IoU with the GT box, else answer agreement with vanilla")
-                            sweep_btn = gr.Button("Run sweep", scale=1, elem_id="sweep-btn")
-                        plot_sweep = gr.Plot(label="Sweep", show_label=False, elem_id="plot-sweep")
-                        sweep_table = gr.Dataframe(headers=SWEEP_HEADERS, label="Sweep numbers", interactive=False,
-                                                   wrap=True, max_height=320, elem_id="sweep-table",
-                                                   column_widths=["14%", "10%", "12%", "10%", "54%"])
+                    shown = gr.State(None)
+                with gr.Column(scale=3, elem_classes="results-col"):
+                    gallery = gr.Dataset(
+                        components=[gr.HTML(visible=False)], label="Examples: a photo, a referring expression and a "
+                        "hand-placed box each", type="index", layout="gallery",
+                        samples=[[example_card(i, e)] for i, e in enumerate(examples)], samples_per_page=12,
+                        elem_id="examples")
+                    guide = gr.HTML(GUIDE, elem_id="guide")
+                    gr.HTML("<div class='stale-box' role='status'>The inputs changed since these results were "
+                                    "computed — press <b>Analyze</b> to update them.</div>", elem_id="stale-marker")
+                    stamp = gr.Textbox("", visible="hidden", elem_id="results-stamp", label="results stamp")
+                    with gr.Column(visible=False, elem_id="results") as results:
+                        status = gr.Markdown("", elem_id="status-md")
+                        gr.HTML("<div id='token-inspector' class='inspector' aria-live='polite'>Hover or click a "
+                                "token in any panel to follow it everywhere.</div>", elem_id="inspector-box")
+                        with gr.Row(equal_height=True, elem_classes="heatmaps linked"):
+                            plot_att = gr.Plot(label="Raw attention", show_label=False, elem_id="plot-attention",
+                                               min_width=240)
+                            plot_prior = gr.Plot(label="Positional-bias prior", show_label=False,
+                                                 elem_id="plot-prior", min_width=240)
+                            plot_rel = gr.Plot(label="Relative attention", show_label=False, elem_id="plot-relative",
+                                               min_width=240)
+                        with gr.Row(elem_classes="facets linked"):
+                            plot_graph = gr.Plot(label="Hybrid graph", show_label=False, elem_id="plot-graph")
+                            facets = [gr.Plot(label=f"Kept tokens {i}", show_label=False, visible=False,
+                                              elem_id=f"plot-facet-{i}") for i in range(FACETS)]
+                        answers = gr.Dataframe(headers=list(summary.ANSWER_HEADERS), label="Answers and boxes",
+                                               interactive=False, wrap=True, elem_id="answers")
+                        efficiency = gr.Dataframe(headers=list(summary.EFFICIENCY_HEADERS), elem_id="efficiency",
+                                                  interactive=False, wrap=True, label="Efficiency")
+                        with gr.Row():
+                            files = gr.File(label="Download: JSON with every number + PNG of the panels",
+                                            file_count="multiple", interactive=False, elem_id="downloads", scale=1)
+                            with gr.Column(scale=1), gr.Accordion("All numbers (JSON summary)", open=False):
+                                summary_json = gr.JSON(label="summary", elem_id="summary")
+                        with gr.Accordion("Selection step by step", open=True, elem_id="steps"):
+                            with gr.Row(equal_height=True):
+                                step_method = gr.Dropdown([], label="Method", scale=1, elem_id="step-method")
+                                step = gr.Slider(1, 2, value=1, step=1, label="Step", scale=3, elem_id="step-slider",
+                                                 info="replays the method's picks in the order it made them")
+                            step_text = gr.Markdown("", elem_id="step-text")
+                            with gr.Row(elem_classes="linked"):
+                                plot_step = gr.Plot(label="Selection step", show_label=False, elem_id="plot-step")
+                        with gr.Accordion("Attention at every layer", open=False, elem_id="layers"):
+                            with gr.Row(equal_height=True):
+                                layer_view = gr.Slider(0, 2, value=1, step=1, label="Layer", scale=3,
+                                                       elem_id="layer-slider",
+                                                       info="the last prompt token's attention at this layer, from "
+                                                            "the same unpruned forward (no re-run)")
+                                head = gr.Dropdown([MEAN_HEADS], value=MEAN_HEADS, label="Heads", scale=1,
+                                                   elem_id="layer-head")
+                            with gr.Row(equal_height=True):
+                                layer_note = gr.Markdown("", elem_id="layer-note")
+                                calibrate_btn = gr.Button("Calibrate this layer's prior", visible=False, scale=0,
+                                                          elem_id="calibrate-btn")
+                            with gr.Row(equal_height=True, elem_classes="heatmaps linked"):
+                                plot_layer_att = gr.Plot(label="Attention at layer", show_label=False,
+                                                         elem_id="plot-layer-attention", min_width=240)
+                                plot_layer_prior = gr.Plot(label="Prior at layer", show_label=False,
+                                                           elem_id="plot-layer-prior", min_width=240)
+                                plot_layer_rel = gr.Plot(label="Relative attention at layer", show_label=False,
+                                                         elem_id="plot-layer-relative", min_width=240)
+                        with gr.Accordion("Keep-ratio sweep", open=False, elem_id="sweep"):
+                            with gr.Row(equal_height=True):
+                                ratios = gr.Textbox(DEFAULT_SWEEP, label="Keep ratios", scale=4, elem_id="ratios",
+                                                    info="every selected method at each ratio, same inputs as "
+                                                         "above; IoU with the ground truth, else agreement with "
+                                                         "vanilla")
+                                sweep_btn = gr.Button("Run sweep", scale=1, elem_id="sweep-btn")
+                            sweep_error = gr.HTML("", elem_id="sweep-error")
+                            plot_sweep = gr.Plot(label="Sweep", show_label=False, elem_id="plot-sweep")
+                            sweep_means = gr.Markdown("", elem_id="sweep-means")
+                            sweep_table = gr.Dataframe(headers=["method", "keep ratio", "kept", "metric", "answer"],
+                                                       label="Sweep numbers", interactive=False, wrap=True,
+                                                       max_height=320, elem_id="sweep-table")
             with gr.Tab("Bias explorer", id="bias"):
                 with gr.Row(equal_height=True):
-                    blank_colour = gr.Radio(list(BLANK_COLOURS), value="grey", label="Blank image colour", scale=2)
-                    bias_log = gr.Checkbox(False, label="log colour", scale=1)
+                    bias_layer = gr.Slider(1, max(2, layers - 1), value=min(2, layers - 1), step=1, label="Layer K",
+                                           scale=2, elem_id="bias-layer",
+                                           info="the prior of layer K is attention at layer K−1")
+                    bias_head = gr.Dropdown([MEAN_HEADS, *[f"head {h}" for h in range(_num_heads(served))]],
+                                            value=MEAN_HEADS, label="Heads (blank image)", scale=1,
+                                            elem_id="bias-head")
+                    blank_colour = gr.Radio(list(BLANK_COLOURS), value="grey", label="Blank image colour", scale=2,
+                                            elem_id="blank-colour")
+                    bias_log = gr.Checkbox(False, label="log colour", scale=1, elem_id="bias-log")
                     bias_btn = gr.Button("Show the positional bias", variant="primary", scale=2, elem_id="bias-btn")
-                gr.Markdown("<span class='small-note'>Uses the model above and layer K of the analysis settings. The "
-                            "first use per model and layer calibrates the priors (progress bar), then they are cached."
-                            "</span>")
+                gr.Markdown("<span class='small-note'>Uses the model above. The first use per model and layer "
+                            "calibrates the priors (progress bar), then they are cached. Priors are means over heads;"
+                            " the blank-image attention can be shown per head.</span>")
                 bias_status = gr.Markdown(elem_id="bias-status")
                 with gr.Row(equal_height=True):
                     plot_nat = gr.Plot(label="Natural prior", show_label=False, elem_id="plot-natural")
@@ -1252,62 +1164,168 @@ def build_demo(lab: LabApp) -> gr.Blocks:
                     plot_blank = gr.Plot(label="Attention on a blank image", show_label=False, elem_id="plot-blank")
                     plot_marg = gr.Plot(label="Marginals", show_label=False, elem_id="plot-marginals")
             with gr.Tab("About", id="about"):
-                gr.Markdown(ABOUT)
+                gr.Markdown(ABOUT, elem_id="about")
+        api_analyze = gr.Button("api analyze", visible=False)
+        api_sweep = gr.Button("api sweep", visible=False)
+        api_bias = gr.Button("api bias", visible=False)
 
-        inputs = [image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha, theta, r_pivot,
-                  max_new_tokens, prior]
-        outputs = [status, plot_att, plot_prior, plot_rel, plot_graph, plot_methods, answers, efficiency, files,
-                   summary]
-        # preprocess=False: the handlers get the raw values — the uploaded file's path undecoded and slider numbers
-        # unchecked — and explain bad ones themselves (Gradio's own decoding fails with a bare exception on corrupt
-        # files and decompression bombs, and its range check does not name the parameter). Uploads are still moved
-        # to Gradio's cache and checked to come from its upload folder.
-        analyze_btn.click(gpu(lab.analyze), [*inputs, colour_scale, log_colour], outputs, api_name="analyze",
-                          concurrency_id="gpu", concurrency_limit=1, preprocess=False)
+        # ---- wiring
+        analysis_inputs = [model, image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha, theta,
+                           r_pivot, max_new_tokens, prior, colour_scale, log_colour]
+        heavy = dict(concurrency_id="gpu", concurrency_limit=lab.limits.concurrency, validator=lab.busy)
+        render = dict(concurrency_id="render", concurrency_limit=lab.limits.render_concurrency)
+        plots = [plot_att, plot_prior, plot_rel, plot_graph, *facets]
+        # the API (gradio_client, raw HTTP through the queue): errors are raised
+        api_analyze.click(gpu(typed(lab.analyze_api, AnalysisInputs, progress=True)), analysis_inputs,
+                          [status, *plots, answers, efficiency, files, summary_json], api_name="analyze",
+                          preprocess=False, **heavy)
+        api_sweep.click(gpu(typed(lab.sweep_api, SweepInputs, progress=True)), [*analysis_inputs, ratios],
+                        [plot_sweep, sweep_table, sweep_means], api_name="sweep", preprocess=False, **heavy)
+        api_bias.click(gpu(typed(lab.bias_api, BiasInputs, progress=True)), [model, bias_layer, bias_head,
+                       blank_colour, bias_log], [bias_status, plot_nat, plot_cf, plot_blank, plot_marg],
+                       api_name="bias", preprocess=False, **heavy)
+        # the page: errors go beside the controls and the results on screen stay
+        ui_outputs = [error_box, shown, guide, results, status, *plots, answers, efficiency, summary_json,
+                      step_method, step, layer_view, head, stamp]
+        if len(ui_outputs) != UI_ANALYSIS_OUTPUTS:  # a programming error, caught by every UI test
+            raise RuntimeError(f"the Analyze button has {len(ui_outputs)} outputs, not {UI_ANALYSIS_OUTPUTS}")
+        analyze_btn.click(
+            gpu(typed(lab.analyze_ui, AnalysisInputs, progress=True)), analysis_inputs, ui_outputs,
+            api_visibility="private", preprocess=False, scroll_to_output=False, show_progress_on=[status, error_box],
+            js="(...args) => { window.d2lab && window.d2lab.started(); return args; }", **heavy,
+        ).then(typed(lab.files_ui, DisplayInputs), [shown], [files], api_visibility="private", **render)
         for control in (colour_scale, log_colour):
-            control.change(gpu(lab.rerender), [*inputs, colour_scale, log_colour], outputs, api_visibility="private",
-                           concurrency_id="gpu", concurrency_limit=1, show_progress="minimal", preprocess=False)
-        sweep_btn.click(gpu(lab.sweep), [*inputs, ratios], [plot_sweep, sweep_table], api_name="sweep",
-                        concurrency_id="gpu", concurrency_limit=1, preprocess=False)
-        bias_btn.click(gpu(lab.explore_bias), [layer, blank_colour, bias_log],
-                       [bias_status, plot_nat, plot_cf, plot_blank, plot_marg], api_name="bias",
-                       concurrency_id="gpu", concurrency_limit=1, preprocess=False)
-        model_dd.change(gpu(lab.switch_model), [model_dd], [banner, layer, model_md], api_name="load_model",
-                        concurrency_id="gpu", concurrency_limit=1)
+            control.change(typed(lab.rerender, DisplayInputs), [shown, colour_scale, log_colour],
+                           [plot_att, plot_prior, plot_rel], api_visibility="private", show_progress="hidden",
+                           **render)
+        step_inputs = [shown, step_method, step]
+        for control in (step_method, step):
+            control.change(typed(lab.step_view, StepInputs), step_inputs, [step_text, plot_step],
+                           api_visibility="private", show_progress="hidden", **render)
+        layer_inputs = [shown, layer_view, head, log_colour]
+        layer_outputs = [layer_note, plot_layer_att, plot_layer_prior, plot_layer_rel, calibrate_btn]
+        for control in (layer_view, head):
+            control.change(typed(lab.layer_view, LayerInputs), layer_inputs, layer_outputs,
+                           api_visibility="private", show_progress="hidden", **render)
+        calibrate_btn.click(gpu(typed(lab.calibrate_layer, LayerInputs, progress=True)), layer_inputs, layer_outputs,
+                            api_visibility="private", **heavy)
+        sweep_btn.click(gpu(typed(lab.sweep_ui, SweepInputs, progress=True)), [*analysis_inputs, ratios],
+                        [sweep_error, plot_sweep, sweep_table, sweep_means], api_visibility="private",
+                        preprocess=False, **heavy)
+        bias_btn.click(gpu(typed(lab.bias_ui, BiasInputs, progress=True)), [model, bias_layer, bias_head,
+                       blank_colour, bias_log], [bias_status, plot_nat, plot_cf, plot_blank, plot_marg],
+                       api_visibility="private", preprocess=False, **heavy)
+        model.change(gpu(typed(lab.load_model, ModelInputs, progress=True)), [model],
+                     [banner, layer, bias_layer, model_md], api_name="load_model", preprocess=False, **heavy)
+        stamp.change(None, None, None, js="() => window.d2lab && window.d2lab.resultsArrived()")
+        for control in (model, image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha, theta,
+                        r_pivot, max_new_tokens, prior):
+            control.change(None, None, None, js="() => window.d2lab && window.d2lab.inputsChanged()")
+        gt_box.change(None, [gt_box], None, js="(box) => window.d2lab && window.d2lab.drawGroundTruth(box)")
+
+        # ---- light UI events (no model, no file): answered at once, outside the queue
+        light = dict(queue=False, api_visibility="private", show_progress="hidden")
         task.change(lambda t: (gr.update(visible=t != "Grounding"), gr.update(visible=t == "Grounding")), [task],
-                    [prompt, expression], api_visibility="private", queue=False)
-        image.select(lab.pick_corner, [corner], [gt_box, corner], api_visibility="private", show_progress="hidden")
-        image.upload(lambda: ("", None), None, [gt_box, corner], api_visibility="private", queue=False)
-    demo.queue(default_concurrency_limit=1, max_size=32)
+                    [prompt, expression], **light)
+
+        methods.change(d2_controls, [methods], [alpha, theta, r_pivot], **light)
+        for control in (preset, task, model):
+            control.change(apply_preset, [preset, task, model], [layer, alpha, theta, r_pivot], **light)
+        for control in (layer, alpha, theta, r_pivot):
+            control.input(lambda: "custom", None, [preset], **light)
+        fill_example = example_filler(examples)
+        gallery.click(fill_example, [gallery], [image, task, prompt, expression, gt_box, corner, corner_hint], **light)
+        image.select(lab.pick_corner, [corner], [gt_box, corner, corner_hint], **light)
+        image.upload(lambda: ("", None, ""), None, [gt_box, corner, corner_hint], **light)
+    # the validator (LabApp.busy) refuses beyond queue_size with a message; Gradio's own bound is a backstop
+    demo.queue(default_concurrency_limit=1, max_size=2 * lab.limits.queue_size + 32, api_open=False)
+    lab.queue_length = lambda: _queue_length(demo)
     return demo
 
 
-# ----------------------------------------------------------------------------------------------------
-# CLI.
+def _num_heads(served: Served | None) -> int:
+    if served is None:
+        return 0
+    config = served.analyzer.model.config.get_text_config()
+    return int(getattr(config, "num_attention_heads", 0) or 0)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="D²Pruner lab: visual-token pruning, side by side.")
-    parser.add_argument("--model", default=os.environ.get("D2PRUNER_MODEL", DEFAULT_MODEL),
-                        help=f"hub id, local path or tiny-* name (default {DEFAULT_MODEL})")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: CUDA when available")
-    parser.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
-    parser.add_argument("--host", default=None, help="address to bind (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
-    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
-    return parser.parse_args(argv)
+def _queue_length(demo: gr.Blocks) -> int:
+    """Events waiting in Gradio's queue (``Blocks._queue``: a private attribute of Gradio 6.31; a test pins it)."""
+    queue = getattr(demo, "_queue", None)
+    try:
+        return len(queue) if queue is not None else 0
+    except TypeError:
+        return 0
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+# ---------------------------------------------------------------------------------------------------- launch
+
+
+def lab_theme() -> gr.themes.Base:
+    """Gradio's Soft theme with every text at a contrast of at least 4.5:1 (its indigo-500 labels on indigo-100 and
+    white on indigo-500 buttons fall just short)."""
+    return gr.themes.Soft().set(
+        block_label_text_color="*primary_700", block_title_text_color="*primary_700",
+        button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
+        button_primary_background_fill_hover_dark="*primary_600",
+        checkbox_label_background_fill_selected="*primary_600",
+        checkbox_label_background_fill_selected_dark="*primary_700",
+    )
+
+
+def launch_kwargs(lab: LabApp) -> dict:
+    """What ``demo.launch`` needs beyond the address: the page's script and style, the upload bounds (an ASGI
+    middleware), the photo route, and the file limits."""
+    from starlette.middleware import Middleware
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from d2pruner.serving.asgi import RequestLimits
+
+    async def photo(request):
+        jpeg = lab.photos.get(request.path_params["token"])
+        if jpeg is None:
+            return Response(status_code=404)
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    thumbnails = example_thumbnails(load_examples())
+
+    async def example(request):
+        index = request.path_params["index"]
+        if not index.isdigit() or int(index) >= len(thumbnails):
+            return Response(status_code=404)
+        return Response(thumbnails[int(index)], media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+    limits = lab.limits
+    return dict(
+        theme=lab_theme(), css_paths=[UI_DIR / "lab.css"],
+        head=f"<script>{(UI_DIR / 'lab.js').read_text()}</script>",
+        max_file_size=limits.upload_bytes, footer_links=["api", "gradio"], ssr_mode=False, run_history=False,
+        state_session_capacity=limits.sessions,
+        app_kwargs={"middleware": [Middleware(RequestLimits, upload_bytes=limits.upload_bytes,
+                                              files_per_upload=limits.files_per_upload,
+                                              request_bytes=limits.request_bytes)],
+                    "routes": [Route(f"/{PHOTO_ROUTE}/{{token}}", photo),
+                               Route(f"/{EXAMPLE_ROUTE}/{{index}}", example)]},
+    )
+
+
+def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    host = ModelHost(device=args.device)
-    status = host.load(args.model, progress=lambda msg: log.info(msg))
-    if status.reason:
-        log.warning("could not load %s (%s); running %s", status.requested, status.reason, status.loaded)
-    demo = build_demo(LabApp(host))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=gr.themes.Soft(), css=CSS,
-                max_file_size=MAX_UPLOAD_BYTES, footer_links=["api", "gradio"])
+    from d2pruner.serving.host import AllowList
+
+    limits = Limits.from_env()
+    host = ModelHost(device=args.device, allowed=AllowList.from_env(extra=[args.model]))
+    served = host.prepare(args.model, progress=log.info, pin=True)
+    if served.reason:
+        log.warning("could not load %s (%s); serving %s", args.model, served.reason, served.name)
+    lab = LabApp(host, default_model=args.model, limits=limits)
+    # Gradio deletes only part of its cache (delete_cache= tracks some files): the janitor keeps both bounded
+    Janitor([lab.out_dir, _gradio_upload_dir()], limits.file_age_seconds, limits.cleanup_seconds).start()
+    demo = build_demo(lab)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(lab))
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -1,4 +1,5 @@
-"""Helpers shared by the app tests: example lookup, decompression-bomb files, and a launched app server."""
+"""Helpers shared by the app tests: example lookup, decompression-bomb files, launched app servers (the real app or
+tests/fake_app.py), and raw HTTP calls through Gradio's queue."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -92,18 +94,21 @@ class AppProcess:
         self.log.close()
 
 
-def start_app(*args: str, name: str = "app", env: dict | None = None) -> AppProcess:
+def start_app(*args: str, name: str = "app", env: dict | None = None, script: Path | None = None) -> AppProcess:
     """Start ``python app.py --host 127.0.0.1 --port <free> *args`` offline (HF_HUB_OFFLINE=1) without waiting for
     it (several can start at once; :meth:`AppProcess.wait_ready`, then :meth:`AppProcess.stop`). Its output goes to
-    ``tests/artifacts/<name>.log``; ``env`` adds environment variables."""
+    ``tests/artifacts/<name>.log``; ``env`` adds environment variables; ``script`` runs another launcher (e.g.
+    ``tests/fake_app.py``, which takes ``--port`` only)."""
     port = free_port()
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
                 **(env or {})}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log_path = ARTIFACTS / f"{name}.log"
     log = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *args],
-                            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *args]
+    if script is not None:
+        command = [sys.executable, str(script), "--port", str(port), *args]
+    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     return AppProcess(proc, f"http://127.0.0.1:{port}/", log_path, log)
 
 
@@ -117,3 +122,56 @@ def running_app(*args: str, name: str = "app", timeout: float = 120.0) -> Iterat
         yield app.wait_ready(timeout)
     finally:
         app.stop()
+
+
+def call_raw(url: str, api_name: str, data: list, timeout: float = 120.0) -> tuple[str, object, int]:
+    """One event through Gradio's queue without gradio_client: ``POST /gradio_api/call/<api_name>`` then read the
+    event stream. Returns (the final event: "complete" / "error", or "refused" when the join was, its data, the bytes
+    of the stream)."""
+    request = urllib.request.Request(f"{url}gradio_api/call/{api_name}", data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            event_id = json.loads(response.read())["event_id"]
+    except urllib.error.HTTPError as error:  # refused before the queue (e.g. Gradio's own file check)
+        body = error.read()
+        return "refused", body.decode(errors="replace"), len(body)
+    with urllib.request.urlopen(f"{url}gradio_api/call/{api_name}/{event_id}", timeout=timeout) as stream:
+        body = stream.read()
+    event, payload = "", None
+    for block in body.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if lines.get("event") in ("complete", "error"):
+            event, payload = lines["event"], json.loads(lines.get("data", "null"))
+    return event, payload, len(body)
+
+
+def post(url: str, path: str, body: bytes, headers: dict | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+    """A raw POST; (status, body) whatever the status."""
+    request = urllib.request.Request(url + path, data=body, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except (urllib.error.URLError, ConnectionError) as error:  # the server answered and closed while we were sending
+        return 0, str(error).encode()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def upload_raw(url: str, data: bytes, name: str = "image.png") -> str:
+    """Upload one file with a raw multipart POST (as a browser does); returns its path on the server."""
+    boundary = "d2prunerboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    status, text = post(url, "gradio_api/upload", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    if status != 200:
+        raise RuntimeError(f"upload refused ({status}): {text[:200]!r}")
+    return json.loads(text)[0]

@@ -1,4 +1,5 @@
-"""d2pruner.viz on made-up arrays: geometry, every figure's traces and numbers, thinning, IoU, the PNG report."""
+"""d2pruner.viz on made-up arrays: geometry (views, the area no token covers), every figure's traces, meta and numbers,
+thinning, IoU ("no box" is not 0), readable colour-bar ticks, the PNG report (tiny and extreme images included)."""
 
 from __future__ import annotations
 
@@ -75,38 +76,51 @@ def test_geometry_from_duck_typed_grids():
             self.name, self.rows, self.cols, self.offset = name, rows, cols, offset
 
     geo = TokenGeometry.from_grids([G("image", 2, 2, 0)], grid_regions(2, 2, (0, 0, 10, 10)), (10, 10))
-    assert geo.grids == (GridView("image", 2, 2, 0),)
+    assert geo.grids == (viz.Grid("image", 2, 2, 0),)
 
 
 # ---- heatmaps
 
 
-def test_token_heatmap_traces_and_hover(image, single):
+def test_token_heatmap_traces_and_meta(image, single):
     values = np.arange(24, dtype=float) / 100
-    fig = viz.token_heatmap(image, single, values, title="attention", value_label="attention")
+    fig = viz.token_heatmap(image, single, values, title="attention", value_label="attention", panel="attention")
     (trace,) = fig.data
-    assert np.asarray(trace.z).shape == (4, 6) and np.allclose(np.asarray(trace.z).ravel(), values)
-    custom = np.asarray(trace.customdata)
-    assert custom.shape == (4, 6, 4)
-    assert custom[1, 2, 0] == 8 and custom[1, 2, 1] == 1 and custom[1, 2, 2] == 2 and custom[1, 2, 3] == 0.08
-    for word in ("token #", "row", "col", "attention"):
-        assert word in trace.hovertemplate
+    assert np.asarray(trace.z).shape == (4, 6) and np.allclose(np.asarray(trace.z).ravel(), values, rtol=1e-3)
+    assert trace.meta == {"grid": "image", "offset": 0, "rows": 4, "cols": 6}  # token = offset + row·cols + col
+    assert "attention" in trace.hovertemplate and "image grid" in trace.hovertemplate
     assert fig.layout.coloraxis.cmin == 0 and fig.layout.coloraxis.cmax == pytest.approx(0.23)
+    assert fig.layout.meta == {"panel": "attention", "log": False, "scale": 1.0, "label": "attention"}
     assert len(fig.layout.images) == 1 and fig.layout.images[0].source.startswith("data:image/jpeg;base64,")
     assert fig.layout.yaxis.range == (80, 0)  # y down, like the image
+    served = viz.token_heatmap(image, single, values, title="t", image_source="lab/photo/abc")
+    assert served.layout.images[0].source == "lab/photo/abc"
+    assert fig.layout.modebar.orientation == "v"  # the toolbar never covers the title
 
 
-def test_token_heatmap_shared_range_colour_values_and_log(image, single):
+def test_token_heatmap_shared_scale_and_log(image, single):
     values = np.linspace(1, 24, 24)
-    fig = viz.token_heatmap(image, single, values, title="t", color_values=values * 2, zrange=(0.0, 100.0))
+    fig = viz.token_heatmap(image, single, values, title="t", value_scale=2.0, zrange=(0.0, 100.0))
     assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.0, 100.0)
-    assert np.allclose(np.asarray(fig.data[0].z).ravel(), values * 2)
-    assert np.allclose(np.asarray(fig.data[0].customdata)[..., 3].ravel(), values)  # hover keeps the true value
+    assert np.allclose(np.asarray(fig.data[0].z).ravel(), values * 2, rtol=1e-3)
+    assert fig.layout.meta["scale"] == 2.0 and "× 2" in fig.data[0].hovertemplate
     logged = viz.token_heatmap(image, single, values, title="t", log=True)
-    assert np.allclose(np.asarray(logged.data[0].z).ravel(), np.log10(values))
-    assert logged.layout.coloraxis.colorbar.ticktext[0].startswith("1e")
+    assert np.allclose(np.asarray(logged.data[0].z).ravel(), np.log10(values), rtol=1e-3)
+    assert logged.layout.meta["log"] is True
     with pytest.raises(ValueError, match="shape"):
         viz.token_heatmap(image, single, values[:5], title="t")
+    with pytest.raises(ValueError, match="value_scale"):
+        viz.token_heatmap(image, single, values, title="t", value_scale=0)
+
+
+def test_colour_bar_ticks_of_tiny_values_are_distinct():
+    for lo, hi in [(1.2e-4, 1.9e-4), (0.0, 3e-5), (0.98, 1.02), (-2.0, 5.0)]:
+        ticks = viz.colorbar_ticks(lo, hi)
+        assert len(ticks["tickvals"]) >= 2 and len(set(ticks["ticktext"])) == len(ticks["ticktext"])
+    assert viz.colorbar_ticks(1.2e-4, 1.9e-4)["ticktext"] == ["0.00012", "0.00014", "0.00016", "0.00018"]
+    assert viz.colorbar_ticks(-5.0, -1.0, log=True)["ticktext"][0].startswith("1e")
+    fine = viz.colorbar_ticks(-3.2, -3.0, log=True)  # less than two decades: plain numbers
+    assert len(set(fine["ticktext"])) == len(fine["ticktext"]) >= 2
 
 
 def test_token_heatmap_multi_grid_view_buttons(image, multi):
@@ -117,6 +131,18 @@ def test_token_heatmap_multi_grid_view_buttons(image, multi):
     assert [b.label for b in buttons] == ["high-res grid", "base grid"]
     assert buttons[1].args[0]["visible"] == [False, True]
     assert np.asarray(fig.data[1].z).shape == (2, 3)
+
+
+def test_the_area_no_token_covers_is_shaded(image):
+    """LLaVA-1.5's centre crop of a 120×80 image: a 4×4 grid over x ∈ [20, 100]."""
+    crop = TokenGeometry((GridView("image", 4, 4, 0),), grid_regions(4, 4, (20.0, 0.0, 100.0, 80.0)), (120, 80))
+    assert crop.outside() == [(0.0, 0.0, 20.0, 80.0), (100.0, 0.0, 120.0, 80.0)]
+    for fig in (viz.token_heatmap(image, crop, np.arange(16.0), title="t"),
+                viz.facet_figure(image, crop, Panel("FastV", viz.METHOD_COLORS["fastv"], np.arange(4), None))):
+        outside = [s for s in fig.layout.shapes if s.name == "outside"]
+        assert [(s.x0, s.x1) for s in outside] == [(0.0, 20.0), (100.0, 120.0)]
+    full = TokenGeometry((GridView("image", 4, 6, 0),), grid_regions(4, 6), (120, 80))
+    assert full.outside() == []
 
 
 def test_value_range():
@@ -153,8 +179,7 @@ def test_graph_figure_edges_nodes_and_highlight(image, single):
     assert (semantic.x[0], semantic.x[1], semantic.y[1]) == (70, 50, 70)  # token 3 (0, 3) -> token 20 (3, 2)
     assert len(nodes.x) == 22 and len(kept.x) == 2 and kept.name == "kept"
     assert "spatial edges (3)" in spatial.name and "semantic edges (1)" in semantic.name
-    degree = {int(c[0]): int(c[3]) for c in np.asarray(nodes.customdata)}
-    assert degree[1] == 2 and degree[6] == 1
+    assert sorted(np.asarray(kept.customdata).tolist()) == [0, 20] and nodes.meta == {"nodes": True}
     with pytest.raises(ValueError, match="edge indices"):
         viz.graph_figure(image, single, np.array([[0, 99]]), ["spatial"], title="g")
 
@@ -174,63 +199,73 @@ def test_graph_figure_multi_grid_views(image, multi):
     assert "1 edges join tokens of different views" in fig.layout.title.text
 
 
-# ---- methods facets, boxes, IoU
+# ---- facets, boxes, IoU
 
 
 def test_panel_iou_known_boxes():
     assert viz.panel_iou((0, 0, 10, 10), (5, 5, 15, 15)) == pytest.approx(25 / 175)
-    assert viz.panel_iou(None, (5, 5, 15, 15)) == 0.0
+    assert viz.panel_iou(None, (5, 5, 15, 15)) is None  # "no box" is not an IoU of 0
     assert viz.panel_iou((0, 0, 10, 10), None) is None
 
 
-def test_methods_figure_facets_kept_counts_boxes_and_iou(image, single):
-    panels = [
-        Panel("Vanilla", viz.VANILLA_COLOR, None, (0, 0, 60, 40)),
-        Panel("FastV", viz.METHOD_COLORS["fastv"], np.array([0, 5, 7]), (10, 10, 50, 50)),
-        Panel("D²Pruner", viz.METHOD_COLORS["d2pruner"], np.array([1, 2]), None),
-    ]
+def test_facet_figure_kept_count_boxes_and_iou(image, single):
     gt = (20.0, 20.0, 60.0, 60.0)
-    fig = viz.methods_figure(image, single, panels, gt_box=gt, reference_box=(0, 0, 60, 40), title="kept")
-    titles = [a.text for a in fig.layout.annotations]
-    iou_fastv = 30 * 30 / (40 * 40 + 40 * 40 - 30 * 30)
-    assert "24 / 24 tokens" in titles[0] and f"IoU {viz.panel_iou((0, 0, 60, 40), gt):.2f}" in titles[0]
-    assert "3 / 24 tokens" in titles[1] and f"IoU {iou_fastv:.2f}" in titles[1]
-    assert "2 / 24 tokens" in titles[2] and "IoU 0.00" in titles[2]
-    assert len(fig.data) == 3 and len(fig.layout.images) == 3
-    pruned = np.asarray(fig.data[1].z).ravel()
-    assert pruned.sum() == 21 and pruned[[0, 5, 7]].sum() == 0
-    assert np.asarray(fig.data[0].z).sum() == 0  # vanilla keeps everything
-    shapes = fig.layout.shapes
-    gt_shapes = [s for s in shapes if s.line.color == viz.GT_COLOR]
-    assert len(gt_shapes) == 3 and all(s.line.dash == "dash" for s in gt_shapes)
-    assert (gt_shapes[1].xref, gt_shapes[1].x0, gt_shapes[1].y1) == ("x2", 20.0, 60.0)
-    assert sum(s.line.color == viz.METHOD_COLORS["fastv"] for s in shapes) == 1
-    ref = [s for s in shapes if s.line.dash == "dot"]
-    assert len(ref) == 2  # the vanilla box is drawn in each method's facet, not in its own
+    fastv = Panel("FastV", viz.METHOD_COLORS["fastv"], np.array([0, 5, 7]), (10, 10, 50, 50), "fastv")
+    fig = viz.facet_figure(image, single, fastv, gt_box=gt, reference_box=(0, 0, 60, 40), image_source="u")
+    iou = 30 * 30 / (40 * 40 + 40 * 40 - 30 * 30)
+    assert "FastV" in fig.layout.title.text and "3 / 24 tokens kept" in fig.layout.title.text
+    assert f"IoU {iou:.2f}" in fig.layout.title.text and fig.layout.title.font.color == viz.METHOD_COLORS["fastv"]
+    assert fig.layout.meta == {"panel": "facet", "method": "fastv", "label": "FastV"}
+    pruned = np.asarray(fig.data[0].z).ravel()
+    assert pruned.sum() == 21 and pruned[[0, 5, 7]].sum() == 0 and fig.data[0].hoverinfo == "none"
+    colours = [s.line.color for s in fig.layout.shapes]
+    assert colours.count(viz.GT_COLOR) == 1 and colours.count(viz.VANILLA_COLOR) == 1
+    assert colours.count(viz.METHOD_COLORS["fastv"]) == 1
+    none = viz.facet_figure(image, single, Panel("DART", "#000000", np.array([1, 2]), None), gt_box=gt)
+    assert "no box" in none.layout.title.text and "IoU" not in none.layout.title.text
+    vanilla = viz.facet_figure(image, single, Panel("Vanilla", "#4B5563", None, (0, 0, 60, 40)), gt_box=gt,
+                               reference_box=(0, 0, 60, 40))
+    assert np.asarray(vanilla.data[0].z).sum() == 0 and "24 / 24 tokens kept" in vanilla.layout.title.text
+    assert [s.line.color for s in vanilla.layout.shapes].count(viz.VANILLA_COLOR) == 0  # not its own reference
     with pytest.raises(ValueError, match="kept indices"):
-        viz.methods_figure(image, single, [Panel("x", "#000000", np.array([99]))])
+        viz.facet_figure(image, single, Panel("x", "#000000", np.array([99])))
+
+
+def test_step_figure_categories(image, single):
+    fig = viz.step_figure(image, single, kept=[1, 2, 3], current=3, excluded=[4, 5], newly_excluded=[5],
+                          pivots=[1], title="D²Pruner · step 3")
+    z = np.asarray(fig.data[0].z).ravel()
+    assert z[3] == 3 and z[1] == 4 and z[2] == 1 and z[4] == z[5] == 2 and (z == 0).sum() == 19
+    assert [t.name for t in fig.data[1:]] == list(viz.figures.STEP_CATEGORIES[1:])
+    outlined = [s for s in fig.layout.shapes if s.line.color == "#FACC15"]
+    assert len(outlined) == 1 and (outlined[0].x0, outlined[0].y0) == (100.0, 0.0)  # token 5: row 0, col 5
 
 
 # ---- sweep, maps, marginals
 
 
 def test_sweep_figure():
-    fig = viz.sweep_figure([0.75, 0.5, 0.1], {"FastV": [0.9, 0.5, None], "D²Pruner": [1.0, 0.8, 0.4]},
+    fig = viz.sweep_figure([0.75, 0.5, 0.1], {"FastV": [0.9, 0.5, None], "D²Pruner": [1.0, 0.8, 0.4],
+                                              "DART": [None, None, None]},
                            metric_label="IoU", colors={"FastV": "#F59E0B"})
-    assert [t.name for t in fig.data] == ["FastV", "D²Pruner"]
+    assert [t.name for t in fig.data] == ["FastV (1 of 3: no box)", "D²Pruner"]  # a gap, never a 0
+    assert "no box at any ratio: DART" in fig.layout.title.text
     assert list(fig.data[0].x) == [75, 50, 10] and fig.data[0].y[2] is None
     assert fig.data[0].line.color == "#F59E0B" and fig.layout.xaxis.autorange == "reversed"
     with pytest.raises(ValueError, match="values for 3 ratios"):
         viz.sweep_figure([0.75, 0.5, 0.1], {"x": [1.0]}, metric_label="IoU")
 
 
-def test_maps_figure_normalise_and_hover():
+def test_maps_figure_normalise_hover_and_equal_panels():
     maps = {"base": np.full((2, 2), 0.25), "highres": np.arange(1.0, 7.0).reshape(2, 3)}
     fig = viz.maps_figure(maps, normalise=True, value_label="attention")
     assert len(fig.data) == 2
     assert np.allclose(np.asarray(fig.data[0].z), 1.0)
-    assert np.allclose(np.asarray(fig.data[1].z), np.arange(1.0, 7.0).reshape(2, 3) / 3.5)
-    assert np.asarray(fig.data[1].customdata)[1, 2, 2] == 6.0  # raw value on hover
+    assert np.allclose(np.asarray(fig.data[1].z), np.arange(1.0, 7.0).reshape(2, 3) / 3.5, rtol=1e-3)
+    assert np.asarray(fig.data[1].customdata)[1, 2] == 6.0  # raw value on hover
+    widths = [fig.layout.xaxis.domain[1] - fig.layout.xaxis.domain[0],
+              fig.layout.xaxis2.domain[1] - fig.layout.xaxis2.domain[0]]
+    assert widths[0] == pytest.approx(widths[1])  # a coarse grid is drawn as large as a fine one
     assert fig.layout.coloraxis.colorbar.title.text == "× uniform"
     with pytest.raises(ValueError, match="2-D"):
         viz.maps_figure({"x": np.zeros(3)})
@@ -245,6 +280,17 @@ def test_marginals_of_a_bottom_heavy_map():
 
 
 # ---- PNG report
+
+
+@pytest.mark.parametrize("size", [(8, 200), (600, 12), (3, 3), (40, 1000)])
+def test_report_png_of_tiny_and_extreme_images(size):
+    """Narrow, flat and 1:40 images: cells keep their size, colour bars keep their width (no negative lengths)."""
+    img = Image.new("RGB", size, (200, 30, 30))
+    geo = TokenGeometry((GridView("image", 2, 2, 0),), grid_regions(2, 2, (0, 0, *size)), size)
+    png = viz.report_png(img, geo, heatmaps=[("a", np.arange(4.0), viz.ATTENTION_COLORSCALE, None, False, "a")],
+                         edges=np.zeros((0, 2)), kinds=[], panels=[Panel("FastV", "#B45309", np.arange(2), None)],
+                         gt_box=(0, 0, 1, 1), warning="RANDOM WEIGHTS: a warning", tile=120)
+    assert png.width >= 3 * 120 and png.height > 120
 
 
 def test_report_png_draws_every_panel(image, single):

@@ -449,22 +449,50 @@ class Analyzer:
         return out
 
     # ---- attention only -----------------------------------------------------------------------------------
-    def observe(self, image, prompt: str, *, layer: int = 2) -> Observation:
+    def observe(self, image, prompt: str, *, layer: int = 2, heads: bool = False) -> Observation:
         """The layer-(K−1) attention of one (image, prompt), with early exit: only the vision tower and the
-        first K decoder layers run, nothing is generated (used for calibration and the bias explorer)."""
+        first K decoder layers run, nothing is generated (used for calibration and the bias explorer).
+
+        With ``heads=True`` the result also holds that attention row per head (``Observation.attention_heads``)."""
         layer = check_int(f"layer (K; this model has {self.num_layers} decoder layers)", layer, 1,
                           self.num_layers - 1)
-        return self._observe(self._prepare(image, prompt), layer)
+        if not isinstance(heads, bool):
+            raise ValueError(f"heads must be True or False, got {heads!r}")
+        return self._observe(self._prepare(image, prompt), layer, heads=heads)
 
-    def _observe(self, prepared: Prepared, layer: int) -> Observation:
-        state = capture(self.model, prepared.tokens, prepared.inputs, layer=layer)
+    def _observe(self, prepared: Prepared, layer: int, *, heads: bool = False) -> Observation:
+        state = capture(self.model, prepared.tokens, prepared.inputs, layer=layer, capture_layers=heads)
         attention = state.attention.cpu().numpy().astype(np.float32)
         return Observation(
             layer=layer, grids=prepared.grids, attention=prepared.per_grid(attention), attention_flat=attention,
             hidden=state.hidden.cpu(), keys=None if state.keys is None else state.keys.cpu(), regions=prepared.regions,
             layout=prepared.layout, image_size=prepared.original_size, processed_size=prepared.processed_size,
             prompt_tokens=prepared.tokens.seq_len, notes=[*self.notes, *prepared.notes],
+            attention_heads=layer_attention(state, prepared.tokens)[layer - 1] if heads else None,
         )
+
+    def prior_for(self, result, layer: int, kind: str = "natural", *, calibrate: bool = True,
+                  progress: Progress | None = None) -> tuple[list[np.ndarray], str, list[str]] | None:
+        """This model's prior of ``kind`` at layer K = ``layer`` (attention at layer K−1) fitted to the grids of an
+        earlier ``result`` (or observation) — e.g. to show relative attention at every layer of one analysis.
+
+        Returns:
+            (one [rows, cols] float32 map per grid, the prior's description, the notes of this lookup), or None
+            when no prior of that layer is saved and ``calibrate`` is False.
+        """
+        layer = check_int(f"layer (K; this model has {self.num_layers} decoder layers)", layer, 1,
+                          self.num_layers - 1)
+        if calibrate:
+            prior, notes = self.priors.get(layer, kind, progress=progress)
+        else:
+            prior, notes = self.priors.find(layer, kind)
+            if prior is None:
+                return None
+        family = self.model_family
+        names = [(g.name, g.rows, g.cols) for g in result.grids]
+        maps = fit_prior(prior, names, role_of=family.prior_role, dynamic_roles=family.dynamic_prior_roles,
+                         arrangement=family.tile_arrangement(result.layout))
+        return [m.numpy().astype(np.float32) for m in maps], prior.describe(), notes
 
     def get_prior(self, layer: int, kind: str = "natural", *, progress: Progress | None = None) -> Prior:
         """This model's positional-bias prior at layer K: from ``prior_dirs`` if one was saved, else calibrated

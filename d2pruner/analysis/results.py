@@ -144,6 +144,7 @@ class Observation:
         attention: one [rows, cols] float32 array per grid; ``attention_flat`` the same as [N].
         hidden: [N, D] visual hidden states entering layer K; ``keys``: [N, Dk] layer-(K−1) keys or None.
         regions, layout, image_size, processed_size, prompt_tokens, notes: as in :class:`AnalysisResult`.
+        attention_heads: [H, N] float32, the same attention row per head (``observe(heads=True)``), else None.
     """
 
     layer: int
@@ -158,3 +159,4 @@ class Observation:
     processed_size: tuple[int, int]
     prompt_tokens: int
     notes: list[str] = field(default_factory=list)
+    attention_heads: np.ndarray | None = None

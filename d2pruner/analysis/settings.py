@@ -10,6 +10,13 @@ from d2pruner.methods import METHODS
 
 #: what ``prior=`` accepts as a name
 PRIOR_NAMES = ("auto", "natural", "content-free", "uniform")
+#: the prior kinds offered to people (label, value), in the order a UI lists them
+PRIOR_CHOICES = (
+    ("calibrated natural prior (auto)", "auto"),
+    ("content-free prior (blank and noise images)", "content-free"),
+    ("uniform (no debiasing)", "uniform"),
+)
+
 #: how LLaVA-NeXT's / OneVision's newline tokens count in the budget (see :class:`AnalysisSettings`)
 NEWLINE_BUDGETS = ("excluded", "counted")
 

@@ -65,6 +65,19 @@ class PriorStore:
             self._priors[(layer, kind)] = prior
             return prior, notes
 
+    def find(self, layer: int, kind: str = "natural") -> tuple[Prior | None, list[str]]:
+        """The prior at layer K if one is loaded or saved (never calibrates), and the notes of this lookup."""
+        if kind not in KINDS:
+            raise ValueError(f"prior kind must be one of {KINDS}; got {kind!r}")
+        with self._lock:
+            if (layer, kind) in self._priors:
+                return self._priors[(layer, kind)], []
+            notes: list[str] = []
+            prior = self._load(layer, kind, notes)
+            if prior is not None:
+                self._priors[(layer, kind)] = prior
+            return prior, notes
+
     def _load(self, layer: int, kind: str, notes: list[str]) -> Prior | None:
         filename = prior_filename(self.model_id, layer, kind)
         for folder in self.dirs:
