@@ -237,10 +237,12 @@ def _cached(entry: Entry, key, build: Callable[[], object]):
     return entry.renders[key]
 
 
-def model_note(entry: Entry) -> str:
-    """How figure titles and tables name the model that produced them."""
+def model_note(entry: Entry, *, short: bool = False) -> str:
+    """How tables (the full id) and figure titles (``short``: the part after the last "/", which fits a panel) name
+    the model that produced them."""
     tag = " (random weights)" if entry.random_weights else ""
-    return f"{entry.served_name}{tag}"
+    name = entry.served_name.rstrip("/").rsplit("/", 1)[-1] if short else entry.served_name
+    return f"{name}{tag}"
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
@@ -261,7 +263,8 @@ def heatmap_figures(entry: Entry, *, colour: str, log_colour: bool) -> tuple[Plo
             shared = viz.value_range(att, prior, rel * scale, log=log_colour)
             zr = (shared, shared, shared)
         prior_title = "uniform" if r.prior_source == "uniform" else r.prior_source.split(",")[0]
-        sub = f"{model_note(entry)} · layer K−1 = {k - 1}"
+        prior_title = prior_title.replace(entry.served_name, model_note(entry, short=True).split(" (")[0])
+        sub = f"{model_note(entry, short=True)} · layer K−1 = {k - 1}"
         common = dict(image_source=entry.photo_url, log=log_colour, height=380)
         figs = (
             viz.token_heatmap(None, geo, att, title="Raw attention", subtitle=sub, value_label="attention",
@@ -270,7 +273,8 @@ def heatmap_figures(entry: Entry, *, colour: str, log_colour: bool) -> tuple[Plo
                               subtitle=prior_title, value_label="prior",
                               zrange=zr[1], panel="prior", **common),
             viz.token_heatmap(None, geo, rel, title="Relative attention = attention ÷ prior",
-                              subtitle="what D²Pruner ranks by", value_label="relative attention",
+                              subtitle=f"what D²Pruner ranks by · {model_note(entry, short=True)}",
+                              value_label="relative attention",
                               colorscale=viz.RELATIVE_COLORSCALE, value_scale=scale, zrange=zr[2],
                               panel="relative", **common),
         )
@@ -286,8 +290,8 @@ def graph_plot(entry: Entry) -> PlotData:
         gp = r.graph_params
         fig = viz.graph_figure(None, entry.geometry, r.graph_edges, r.graph_edge_kinds,
                                title=f"Hybrid graph · α = {gp['alpha']:g}, θ = {gp['theta']:g}",
-                               subtitle=f"{model_note(entry)} · red: kept by D²Pruner" if kept is not None else
-                               model_note(entry),
+                               subtitle=f"{model_note(entry, short=True)} · red: kept by D²Pruner"
+                               if kept is not None else model_note(entry, short=True),
                                highlight=kept, highlight_label="kept by D²Pruner", image_source=entry.photo_url,
                                height=440, max_edges=1500)
         return _plot(fig)
@@ -307,7 +311,8 @@ def facet_plots(entry: Entry, gt_box) -> list[PlotData]:
     def build():
         r = entry.result
         return [_plot(viz.facet_figure(None, entry.geometry, p, gt_box=gt_box, reference_box=r.vanilla_box,
-                                       grounding=entry.grounding, image_source=entry.photo_url))
+                                       grounding=entry.grounding, image_source=entry.photo_url,
+                                       model=model_note(entry, short=True)))
                 for p in panels_of(entry)]
 
     return _cached(entry, ("facets", gt_box), build)
@@ -654,7 +659,7 @@ class LabApp:
                                       excluded=state.excluded, newly_excluded=state.newly_excluded,
                                       pivots=state.pivots, color=viz.method_color(inp.method),
                                       title=f"{labels.label(inp.method)} · step {state.index + 1} of {state.total}",
-                                      subtitle=f"{model_note(entry)} · {len(state.kept)} kept, "
+                                      subtitle=f"{model_note(entry, short=True)} · {len(state.kept)} kept, "
                                                f"{len(state.excluded)} excluded so far",
                                       image_source=entry.photo_url)
                 return text, _plot(fig)
@@ -709,7 +714,7 @@ class LabApp:
                 prior_maps, description, notes = found
                 note = f"prior: {description}" + (f" · {'; '.join(notes)}" if notes else "")
         geo = entry.geometry
-        sub = f"{model_note(entry)} · layer {layer} · {head}"
+        sub = f"{model_note(entry, short=True)} · layer {layer} · {head}"
         common = dict(image_source=entry.photo_url, log=log_colour, height=360)
         fig_att = viz.token_heatmap(None, geo, att, title=f"Attention at layer {layer}", subtitle=sub,
                                     value_label="attention", panel="layer-attention", **common)

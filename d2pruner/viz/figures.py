@@ -433,10 +433,12 @@ def facet_figure(
     grounding: bool = True,
     height: int = 330,
     image_source: str | None = None,
+    model: str | None = None,
 ) -> go.Figure:
     """One method's kept tokens: the image with the pruned tokens shaded, the method's box (solid, its colour), the
     reference box (dotted grey; the vanilla answer's) and the ground truth (dashed green). The title gives the kept
-    count and the box's IoU with the ground truth, or "no box"."""
+    count and the box's IoU with the ground truth, or "no box"; ``model`` (the model that produced it) ends the
+    subtitle."""
     n = geometry.num_tokens
     pruned = np.ones(n, dtype=np.int8)
     if panel.kept is None:
@@ -467,6 +469,8 @@ def facet_figure(
     if panel.box is not None:
         boxes.append(_box_shape(panel.box, panel.color, width=3.0, name=panel.label))
     title, subtitle = facet_title(panel, n, gt_box, grounding)
+    if model:
+        subtitle = f"{subtitle} · {model}"
     fig = _image_figure(
         traces, geometry, _source(image, image_source, 480), title=title, subtitle=subtitle, height=height,
         panel={"panel": "facet", "method": panel.name, "label": panel.label}, view_of_trace=view_of_trace,
