@@ -273,8 +273,7 @@ def heatmap_figures(entry: Entry, *, colour: str, log_colour: bool) -> tuple[Plo
                               subtitle=prior_title, value_label="prior",
                               zrange=zr[1], panel="prior", **common),
             viz.token_heatmap(None, geo, rel, title="Relative attention = attention ÷ prior",
-                              subtitle=f"what D²Pruner ranks by · {model_note(entry, short=True)}",
-                              value_label="relative attention",
+                              subtitle=sub, value_label="relative attention",
                               colorscale=viz.RELATIVE_COLORSCALE, value_scale=scale, zrange=zr[2],
                               panel="relative", **common),
         )
