@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 # ---------------------------------------------------------------------------------------------------- constants
 
@@ -995,256 +996,311 @@ UI_ANALYSIS_OUTPUTS = 5 + 4 + FACETS + 3 + 4 + 1
 
 
 def build_demo(lab: LabApp, *, model_choices: Sequence[catalog.ModelChoice] | None = None) -> gr.Blocks:
-    """The Gradio Blocks of the app, wired to ``lab``'s handlers."""
-    from d2pruner.analysis import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, PRIOR_CHOICES
-
+    """The Gradio Blocks of the app, wired to ``lab``'s handlers: the layout (header, inputs, results, the bias
+    explorer, about; each builder adds its components to one namespace), then the wiring."""
     choices = list(model_choices if model_choices is not None else catalog.model_choices())
-    ids = [c.id for c in choices]
     model_list = [(c.label, c.id) for c in choices]
-    if lab.default_model not in ids:
+    if lab.default_model not in [c.id for c in choices]:
         model_list.insert(0, (lab.default_model, lab.default_model))
-    try:
-        served = lab.host.prepare(lab.default_model)
-        layers = served.analyzer.num_layers
-    except Exception as error:  # the default cannot be served: the banner says so
-        served, layers = None, 32
-        log.error("the default model cannot be served: %s", error)
+    served, layers = _default_model(lab)
     examples = load_examples()
-    method_choices = [(labels.label(m), m) for m in METHODS]
+    ui = SimpleNamespace()
     with gr.Blocks(title="D²Pruner lab", delete_cache=(lab.limits.cleanup_seconds, lab.limits.file_age_seconds)
                    ) as demo:
-        with gr.Row(equal_height=True, elem_classes="top-row"):
-            gr.HTML("<header class='lab-header'><h1>D²Pruner lab</h1><p>Which visual tokens does each pruning method "
-                    "keep inside a multimodal LLM — and why? Raw attention is biased by position; D²Pruner divides it "
-                    "by a calibrated prior and keeps diverse tokens on a hybrid spatial–semantic graph.</p></header>",
-                    elem_classes="header-cell")
-            with gr.Column(scale=1, min_width=300):
-                model = gr.Dropdown(model_list, value=lab.default_model, label="Model (for your requests only)",
-                                    elem_id="model-dropdown")
-                model_md = gr.Markdown(model_markdown(served, lab.host) if served else "", elem_id="model-info")
-        banner = gr.HTML(banner_html(served, lab.default_model, lab.host.device), elem_id="model-banner")
+        _header(ui, lab, served, model_list)
         with gr.Tabs():
             with gr.Tab("Analysis", id="analysis"), gr.Row(elem_classes="analysis-row"):
-                with gr.Column(scale=1, min_width=320, elem_classes="inputs-col"):
-                    image = gr.Image(type="filepath", label="Image · click two corners to set the ground-truth box",
-                                     sources=["upload", "clipboard"], height=220, elem_id="input-image")
-                    corner_hint = gr.Markdown("", elem_id="corner-hint", elem_classes="small-note")
-                    task = gr.Radio(list(TASKS), value="Grounding", label="Task", elem_id="task")
-                    prompt = gr.Textbox("", label="Question", lines=2, visible=False, max_length=MAX_PROMPT_CHARS,
-                                        placeholder="e.g. What is on the table?", elem_id="prompt")
-                    expression = gr.Textbox("", label="Referring expression", lines=1, max_length=MAX_PROMPT_CHARS,
-                                            placeholder="e.g. the spoon on the saucer", elem_id="expression")
-                    analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze-btn")
-                    error_box = gr.HTML("", elem_id="analyze-error")
-                    gt_box = gr.Textbox("", label="Ground-truth box (optional)", elem_id="gt-box",
-                                        placeholder="e.g. 325, 67, 423, 324",
-                                        info="x1, y1, x2, y2 in pixels of the image — typed, or two clicks on it")
-                    methods = gr.CheckboxGroup(method_choices, value=list(DEFAULT_METHODS), label="Methods",
-                                               elem_id="methods",
-                                               info="“DI only” = D²Pruner's debiased importance without the graph; "
-                                                    "“DART (official)” keeps 4 + 8⌊n/8⌋ tokens. See About.")
-                    with gr.Accordion("Pruning settings", open=True, elem_id="settings"):
-                        preset = gr.Radio(list(PRESETS), value="custom", label="Settings", elem_id="preset",
-                                          info="the paper's K, α, θ, r_pivot for this task and model family")
-                        keep_ratio = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Keep ratio",
-                                               info="fraction of the N visual tokens kept", elem_id="keep-ratio")
-                        layer = gr.Slider(1, max(2, layers - 1), value=min(2, layers - 1), step=1, label="Layer K",
-                                          info="pruned from decoder layer K, ranked by layer K−1 attention",
-                                          elem_id="layer-k")
-                        prior = gr.Dropdown(list(PRIOR_CHOICES), value="auto", label="Prior for relative attention",
-                                            elem_id="prior")
-                        with gr.Row():
-                            alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="α", min_width=120,
-                                              info="semantic weight of the graph", elem_id="alpha")
-                            theta = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="θ", min_width=120,
-                                              info="edge threshold", elem_id="theta")
-                        with gr.Row():
-                            r_pivot = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="r_pivot", min_width=120,
-                                                info="share of pivots", elem_id="r-pivot")
-                            max_new_tokens = gr.Slider(1, min(256, MAX_NEW_TOKENS), value=24, step=1,
-                                                       label="Max new tokens", min_width=120, info="greedy decoding",
-                                                       elem_id="max-new-tokens")
-                    with gr.Accordion("Display", open=False, elem_id="display"), gr.Row(equal_height=True):
-                        colour_scale = gr.Radio(list(COLOUR_CHOICES), value="independent", label="Heatmap colours",
-                                                scale=3, info="shared: one range for the three heatmaps",
-                                                elem_id="colour-scale")
-                        log_colour = gr.Checkbox(False, label="log colour", scale=1, elem_id="log-colour")
-                    corner = gr.State(None)
-                    shown = gr.State(None)
-                with gr.Column(scale=3, elem_classes="results-col"):
-                    gallery = gr.Dataset(
-                        components=[gr.HTML(visible=False)], label="Examples: a photo, a referring expression and a "
-                        "hand-placed box each", type="index", layout="gallery",
-                        samples=[[example_card(i, e)] for i, e in enumerate(examples)], samples_per_page=12,
-                        elem_id="examples")
-                    guide = gr.HTML(GUIDE, elem_id="guide")
-                    gr.HTML("<div class='stale-box' role='status'>The inputs changed since these results were "
-                                    "computed — press <b>Analyze</b> to update them.</div>", elem_id="stale-marker")
-                    stamp = gr.Textbox("", visible="hidden", elem_id="results-stamp", label="results stamp")
-                    with gr.Column(visible=False, elem_id="results") as results:
-                        status = gr.Markdown("", elem_id="status-md")
-                        gr.HTML("<div id='token-inspector' class='inspector' aria-live='polite'>Hover or click a "
-                                "token in any panel to follow it everywhere.</div>", elem_id="inspector-box")
-                        with gr.Row(equal_height=True, elem_classes="heatmaps linked"):
-                            plot_att = gr.Plot(label="Raw attention", show_label=False, elem_id="plot-attention",
-                                               min_width=240)
-                            plot_prior = gr.Plot(label="Positional-bias prior", show_label=False,
-                                                 elem_id="plot-prior", min_width=240)
-                            plot_rel = gr.Plot(label="Relative attention", show_label=False, elem_id="plot-relative",
-                                               min_width=240)
-                        with gr.Row(elem_classes="facets linked"):
-                            plot_graph = gr.Plot(label="Hybrid graph", show_label=False, elem_id="plot-graph")
-                            facets = [gr.Plot(label=f"Kept tokens {i}", show_label=False, visible=False,
-                                              elem_id=f"plot-facet-{i}") for i in range(FACETS)]
-                        answers = gr.Dataframe(headers=list(summary.ANSWER_HEADERS), label="Answers and boxes",
-                                               interactive=False, wrap=True, elem_id="answers")
-                        efficiency = gr.Dataframe(headers=list(summary.EFFICIENCY_HEADERS), elem_id="efficiency",
-                                                  interactive=False, wrap=True, label="Efficiency")
-                        with gr.Row():
-                            files = gr.File(label="Download: JSON with every number + PNG of the panels",
-                                            file_count="multiple", interactive=False, elem_id="downloads", scale=1)
-                            with gr.Column(scale=1), gr.Accordion("All numbers (JSON summary)", open=False):
-                                summary_json = gr.JSON(label="summary", elem_id="summary")
-                        with gr.Accordion("Selection step by step", open=True, elem_id="steps"):
-                            with gr.Row(equal_height=True):
-                                step_method = gr.Dropdown([], label="Method", scale=1, elem_id="step-method")
-                                step = gr.Slider(1, 2, value=1, step=1, label="Step", scale=3, elem_id="step-slider",
-                                                 info="replays the method's picks in the order it made them")
-                            step_text = gr.Markdown("", elem_id="step-text")
-                            with gr.Row(elem_classes="linked"):
-                                plot_step = gr.Plot(label="Selection step", show_label=False, elem_id="plot-step")
-                        with gr.Accordion("Attention at every layer", open=False, elem_id="layers"):
-                            with gr.Row(equal_height=True):
-                                layer_view = gr.Slider(0, 2, value=1, step=1, label="Layer", scale=3,
-                                                       elem_id="layer-slider",
-                                                       info="the last prompt token's attention at this layer, from "
-                                                            "the same unpruned forward (no re-run)")
-                                head = gr.Dropdown([MEAN_HEADS], value=MEAN_HEADS, label="Heads", scale=1,
-                                                   elem_id="layer-head")
-                            with gr.Row(equal_height=True):
-                                layer_note = gr.Markdown("", elem_id="layer-note")
-                                calibrate_btn = gr.Button("Calibrate this layer's prior", visible=False, scale=0,
-                                                          elem_id="calibrate-btn")
-                            with gr.Row(equal_height=True, elem_classes="heatmaps linked"):
-                                plot_layer_att = gr.Plot(label="Attention at layer", show_label=False,
-                                                         elem_id="plot-layer-attention", min_width=240)
-                                plot_layer_prior = gr.Plot(label="Prior at layer", show_label=False,
-                                                           elem_id="plot-layer-prior", min_width=240)
-                                plot_layer_rel = gr.Plot(label="Relative attention at layer", show_label=False,
-                                                         elem_id="plot-layer-relative", min_width=240)
-                        with gr.Accordion("Keep-ratio sweep", open=False, elem_id="sweep"):
-                            with gr.Row(equal_height=True):
-                                ratios = gr.Textbox(DEFAULT_SWEEP, label="Keep ratios", scale=4, elem_id="ratios",
-                                                    info="every selected method at each ratio, same inputs as "
-                                                         "above; IoU with the ground truth, else agreement with "
-                                                         "vanilla")
-                                sweep_btn = gr.Button("Run sweep", scale=1, elem_id="sweep-btn")
-                            sweep_error = gr.HTML("", elem_id="sweep-error")
-                            plot_sweep = gr.Plot(label="Sweep", show_label=False, elem_id="plot-sweep")
-                            sweep_means = gr.Markdown("", elem_id="sweep-means")
-                            sweep_table = gr.Dataframe(headers=["method", "keep ratio", "kept", "metric", "answer"],
-                                                       label="Sweep numbers", interactive=False, wrap=True,
-                                                       max_height=320, elem_id="sweep-table")
+                _inputs_column(ui, layers)
+                _results_column(ui, examples)
             with gr.Tab("Bias explorer", id="bias"):
-                with gr.Row(equal_height=True):
-                    bias_layer = gr.Slider(1, max(2, layers - 1), value=min(2, layers - 1), step=1, label="Layer K",
-                                           scale=2, elem_id="bias-layer",
-                                           info="the prior of layer K is attention at layer K−1")
-                    bias_head = gr.Dropdown([MEAN_HEADS, *[f"head {h}" for h in range(_num_heads(served))]],
-                                            value=MEAN_HEADS, label="Heads (blank image)", scale=1,
-                                            elem_id="bias-head")
-                    blank_colour = gr.Radio(list(BLANK_COLOURS), value="grey", label="Blank image colour", scale=2,
-                                            elem_id="blank-colour")
-                    bias_log = gr.Checkbox(False, label="log colour", scale=1, elem_id="bias-log")
-                    bias_btn = gr.Button("Show the positional bias", variant="primary", scale=2, elem_id="bias-btn")
-                gr.Markdown("<span class='small-note'>Uses the model above. The first use per model and layer "
-                            "calibrates the priors (progress bar), then they are cached. Priors are means over heads;"
-                            " the blank-image attention can be shown per head.</span>")
-                bias_status = gr.Markdown(elem_id="bias-status")
-                with gr.Row(equal_height=True):
-                    plot_nat = gr.Plot(label="Natural prior", show_label=False, elem_id="plot-natural")
-                    plot_cf = gr.Plot(label="Content-free prior", show_label=False, elem_id="plot-content-free")
-                with gr.Row(equal_height=True):
-                    plot_blank = gr.Plot(label="Attention on a blank image", show_label=False, elem_id="plot-blank")
-                    plot_marg = gr.Plot(label="Marginals", show_label=False, elem_id="plot-marginals")
+                _bias_tab(ui, layers, served)
             with gr.Tab("About", id="about"):
                 gr.Markdown(ABOUT, elem_id="about")
         api_analyze = gr.Button("api analyze", visible=False)
         api_sweep = gr.Button("api sweep", visible=False)
         api_bias = gr.Button("api bias", visible=False)
+        vars(ui).update(api_analyze=api_analyze, api_sweep=api_sweep, api_bias=api_bias)
 
-        # ---- wiring
-        analysis_inputs = [model, image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha, theta,
-                           r_pivot, max_new_tokens, prior, colour_scale, log_colour]
-        heavy = dict(concurrency_id="gpu", concurrency_limit=lab.limits.concurrency, validator=lab.busy)
-        render = dict(concurrency_id="render", concurrency_limit=lab.limits.render_concurrency)
-        plots = [plot_att, plot_prior, plot_rel, plot_graph, *facets]
-        # the API (gradio_client, raw HTTP through the queue): errors are raised
-        api_analyze.click(gpu(typed(lab.analyze_api, AnalysisInputs, progress=True)), analysis_inputs,
-                          [status, *plots, answers, efficiency, files, summary_json], api_name="analyze",
-                          preprocess=False, **heavy)
-        api_sweep.click(gpu(typed(lab.sweep_api, SweepInputs, progress=True)), [*analysis_inputs, ratios],
-                        [plot_sweep, sweep_table, sweep_means], api_name="sweep", preprocess=False, **heavy)
-        api_bias.click(gpu(typed(lab.bias_api, BiasInputs, progress=True)), [model, bias_layer, bias_head,
-                       blank_colour, bias_log], [bias_status, plot_nat, plot_cf, plot_blank, plot_marg],
-                       api_name="bias", preprocess=False, **heavy)
-        # the page: errors go beside the controls and the results on screen stay
-        ui_outputs = [error_box, shown, guide, results, status, *plots, answers, efficiency, summary_json,
-                      step_method, step, layer_view, head, stamp]
-        if len(ui_outputs) != UI_ANALYSIS_OUTPUTS:  # a programming error, caught by every UI test
-            raise RuntimeError(f"the Analyze button has {len(ui_outputs)} outputs, not {UI_ANALYSIS_OUTPUTS}")
-        analyze_btn.click(
-            gpu(typed(lab.analyze_ui, AnalysisInputs, progress=True)), analysis_inputs, ui_outputs,
-            api_visibility="private", preprocess=False, scroll_to_output=False, show_progress_on=[status, error_box],
-            js="(...args) => { window.d2lab && window.d2lab.started(); return args; }", **heavy,
-        ).then(typed(lab.files_ui, DisplayInputs), [shown], [files], api_visibility="private", **render)
-        for control in (colour_scale, log_colour):
-            control.change(typed(lab.rerender, DisplayInputs), [shown, colour_scale, log_colour],
-                           [plot_att, plot_prior, plot_rel], api_visibility="private", show_progress="hidden",
-                           **render)
-        step_inputs = [shown, step_method, step]
-        for control in (step_method, step):
-            control.change(typed(lab.step_view, StepInputs), step_inputs, [step_text, plot_step],
-                           api_visibility="private", show_progress="hidden", **render)
-        layer_inputs = [shown, layer_view, head, log_colour]
-        layer_outputs = [layer_note, plot_layer_att, plot_layer_prior, plot_layer_rel, calibrate_btn]
-        for control in (layer_view, head):
-            control.change(typed(lab.layer_view, LayerInputs), layer_inputs, layer_outputs,
-                           api_visibility="private", show_progress="hidden", **render)
-        calibrate_btn.click(gpu(typed(lab.calibrate_layer, LayerInputs, progress=True)), layer_inputs, layer_outputs,
-                            api_visibility="private", **heavy)
-        sweep_btn.click(gpu(typed(lab.sweep_ui, SweepInputs, progress=True)), [*analysis_inputs, ratios],
-                        [sweep_error, plot_sweep, sweep_table, sweep_means], api_visibility="private",
-                        preprocess=False, **heavy)
-        bias_btn.click(gpu(typed(lab.bias_ui, BiasInputs, progress=True)), [model, bias_layer, bias_head,
-                       blank_colour, bias_log], [bias_status, plot_nat, plot_cf, plot_blank, plot_marg],
-                       api_visibility="private", preprocess=False, **heavy)
-        model.change(gpu(typed(lab.load_model, ModelInputs, progress=True)), [model],
-                     [banner, layer, bias_layer, model_md], api_name="load_model", preprocess=False, **heavy)
-        stamp.change(None, None, None, js="() => window.d2lab && window.d2lab.resultsArrived()")
-        for control in (model, image, task, prompt, expression, gt_box, methods, keep_ratio, layer, alpha, theta,
-                        r_pivot, max_new_tokens, prior):
-            control.change(None, None, None, js="() => window.d2lab && window.d2lab.inputsChanged()")
-        gt_box.change(None, [gt_box], None, js="(box) => window.d2lab && window.d2lab.drawGroundTruth(box)")
-
-        # ---- light UI events (no model, no file): answered at once, outside the queue
-        light = dict(queue=False, api_visibility="private", show_progress="hidden")
-        task.change(lambda t: (gr.update(visible=t != "Grounding"), gr.update(visible=t == "Grounding")), [task],
-                    [prompt, expression], **light)
-
-        methods.change(d2_controls, [methods], [alpha, theta, r_pivot], **light)
-        for control in (preset, task, model):
-            control.change(apply_preset, [preset, task, model], [layer, alpha, theta, r_pivot], **light)
-        for control in (layer, alpha, theta, r_pivot):
-            control.input(lambda: "custom", None, [preset], **light)
-        fill_example = example_filler(examples)
-        gallery.click(fill_example, [gallery], [image, task, prompt, expression, gt_box, corner, corner_hint], **light)
-        image.select(lab.pick_corner, [corner], [gt_box, corner, corner_hint], **light)
-        image.upload(lambda: ("", None, ""), None, [gt_box, corner, corner_hint], **light)
+        _wire_events(ui, lab)
+        _wire_light(ui, lab, examples)
     # the validator (LabApp.busy) refuses beyond queue_size with a message; Gradio's own bound is a backstop
     demo.queue(default_concurrency_limit=1, max_size=2 * lab.limits.queue_size + 32, api_open=False)
     lab.queue_length = lambda: _queue_length(demo)
     return demo
+
+
+def _default_model(lab: LabApp) -> tuple[Served | None, int]:
+    """The start-up model and its depth (None and 32 when it cannot be served: the banner says so)."""
+    try:
+        served = lab.host.prepare(lab.default_model)
+        return served, served.analyzer.num_layers
+    except Exception as error:
+        log.error("the default model cannot be served: %s", error)
+        return None, 32
+
+
+def _header(ui: SimpleNamespace, lab: LabApp, served: Served | None, model_list: list) -> None:
+    """The title, the model dropdown (this session's requests only) and the model banner."""
+    with gr.Row(equal_height=True, elem_classes="top-row"):
+        gr.HTML("<header class='lab-header'><h1>D²Pruner lab</h1><p>Which visual tokens does each pruning method "
+                "keep inside a multimodal LLM — and why? Raw attention is biased by position; D²Pruner divides it "
+                "by a calibrated prior and keeps diverse tokens on a hybrid spatial–semantic graph.</p></header>",
+                elem_classes="header-cell")
+        with gr.Column(scale=1, min_width=300):
+            model = gr.Dropdown(model_list, value=lab.default_model, label="Model (for your requests only)",
+                                elem_id="model-dropdown")
+            model_md = gr.Markdown(model_markdown(served, lab.host) if served else "", elem_id="model-info")
+    banner = gr.HTML(banner_html(served, lab.default_model, lab.host.device), elem_id="model-banner")
+    vars(ui).update(model=model, model_md=model_md, banner=banner)
+
+
+def _inputs_column(ui: SimpleNamespace, layers: int) -> None:
+    """The image, the task, its text, Analyze, the ground truth, the methods, the settings and the display."""
+    from d2pruner.analysis import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, PRIOR_CHOICES
+
+    method_choices = [(labels.label(m), m) for m in METHODS]
+    with gr.Column(scale=1, min_width=320, elem_classes="inputs-col"):
+        image = gr.Image(type="filepath", label="Image · click two corners to set the ground-truth box",
+                         sources=["upload", "clipboard"], height=220, elem_id="input-image")
+        corner_hint = gr.Markdown("", elem_id="corner-hint", elem_classes="small-note")
+        task = gr.Radio(list(TASKS), value="Grounding", label="Task", elem_id="task")
+        prompt = gr.Textbox("", label="Question", lines=2, visible=False, max_length=MAX_PROMPT_CHARS,
+                            placeholder="e.g. What is on the table?", elem_id="prompt")
+        expression = gr.Textbox("", label="Referring expression", lines=1, max_length=MAX_PROMPT_CHARS,
+                                placeholder="e.g. the spoon on the saucer", elem_id="expression")
+        analyze_btn = gr.Button("Analyze", variant="primary", elem_id="analyze-btn")
+        error_box = gr.HTML("", elem_id="analyze-error")
+        gt_box = gr.Textbox("", label="Ground-truth box (optional)", elem_id="gt-box",
+                            placeholder="e.g. 325, 67, 423, 324",
+                            info="x1, y1, x2, y2 in pixels of the image — typed, or two clicks on it")
+        methods = gr.CheckboxGroup(method_choices, value=list(DEFAULT_METHODS), label="Methods",
+                                   elem_id="methods",
+                                   info="“DI only” = D²Pruner's debiased importance without the graph; "
+                                        "“DART (official)” keeps 4 + 8⌊n/8⌋ tokens. See About.")
+        with gr.Accordion("Pruning settings", open=True, elem_id="settings"):
+            preset = gr.Radio(list(PRESETS), value="custom", label="Settings", elem_id="preset",
+                              info="the paper's K, α, θ, r_pivot for this task and model family")
+            keep_ratio = gr.Slider(0.01, 1.0, value=0.25, step=0.01, label="Keep ratio",
+                                   info="fraction of the N visual tokens kept", elem_id="keep-ratio")
+            layer = gr.Slider(1, max(2, layers - 1), value=min(2, layers - 1), step=1, label="Layer K",
+                              info="pruned from decoder layer K, ranked by layer K−1 attention",
+                              elem_id="layer-k")
+            prior = gr.Dropdown(list(PRIOR_CHOICES), value="auto", label="Prior for relative attention",
+                                elem_id="prior")
+            with gr.Row():
+                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="α", min_width=120,
+                                  info="semantic weight of the graph", elem_id="alpha")
+                theta = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="θ", min_width=120,
+                                  info="edge threshold", elem_id="theta")
+            with gr.Row():
+                r_pivot = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="r_pivot", min_width=120,
+                                    info="share of pivots", elem_id="r-pivot")
+                max_new_tokens = gr.Slider(1, min(256, MAX_NEW_TOKENS), value=24, step=1,
+                                           label="Max new tokens", min_width=120, info="greedy decoding",
+                                           elem_id="max-new-tokens")
+        with gr.Accordion("Display", open=False, elem_id="display"), gr.Row(equal_height=True):
+            colour_scale = gr.Radio(list(COLOUR_CHOICES), value="independent", label="Heatmap colours",
+                                    scale=3, info="shared: one range for the three heatmaps",
+                                    elem_id="colour-scale")
+            log_colour = gr.Checkbox(False, label="log colour", scale=1, elem_id="log-colour")
+        corner = gr.State(None)
+        shown = gr.State(None)
+    vars(ui).update(image=image, corner_hint=corner_hint, task=task, prompt=prompt, expression=expression,
+                    analyze_btn=analyze_btn, error_box=error_box, gt_box=gt_box, methods=methods, preset=preset,
+                    keep_ratio=keep_ratio, layer=layer, prior=prior, alpha=alpha, theta=theta, r_pivot=r_pivot,
+                    max_new_tokens=max_new_tokens, colour_scale=colour_scale, log_colour=log_colour, corner=corner,
+                    shown=shown)
+
+
+def _results_column(ui: SimpleNamespace, examples: Sequence[dict]) -> None:
+    """The examples, the first-run guide, the stale marker, then the results (hidden until the first run)."""
+    with gr.Column(scale=3, elem_classes="results-col"):
+        gallery = gr.Dataset(
+            components=[gr.HTML(visible=False)], label="Examples: a photo, a referring expression and a "
+            "hand-placed box each", type="index", layout="gallery",
+            samples=[[example_card(i, e)] for i, e in enumerate(examples)], samples_per_page=12,
+            elem_id="examples")
+        guide = gr.HTML(GUIDE, elem_id="guide")
+        gr.HTML("<div class='stale-box' role='status'>The inputs changed since these results were "
+                        "computed — press <b>Analyze</b> to update them.</div>", elem_id="stale-marker")
+        stamp = gr.Textbox("", visible="hidden", elem_id="results-stamp", label="results stamp")
+        with gr.Column(visible=False, elem_id="results") as results:
+            status = gr.Markdown("", elem_id="status-md")
+            gr.HTML("<div id='token-inspector' class='inspector' aria-live='polite'>Hover or click a "
+                    "token in any panel to follow it everywhere.</div>", elem_id="inspector-box")
+            with gr.Row(equal_height=True, elem_classes="heatmaps linked"):
+                plot_att = gr.Plot(label="Raw attention", show_label=False, elem_id="plot-attention",
+                                   min_width=240)
+                plot_prior = gr.Plot(label="Positional-bias prior", show_label=False,
+                                     elem_id="plot-prior", min_width=240)
+                plot_rel = gr.Plot(label="Relative attention", show_label=False, elem_id="plot-relative",
+                                   min_width=240)
+            with gr.Row(elem_classes="facets linked"):
+                plot_graph = gr.Plot(label="Hybrid graph", show_label=False, elem_id="plot-graph")
+                facets = [gr.Plot(label=f"Kept tokens {i}", show_label=False, visible=False,
+                                  elem_id=f"plot-facet-{i}") for i in range(FACETS)]
+            answers = gr.Dataframe(headers=list(summary.ANSWER_HEADERS), label="Answers and boxes",
+                                   interactive=False, wrap=True, elem_id="answers")
+            efficiency = gr.Dataframe(headers=list(summary.EFFICIENCY_HEADERS), elem_id="efficiency",
+                                      interactive=False, wrap=True, label="Efficiency")
+            with gr.Row():
+                files = gr.File(label="Download: JSON with every number + PNG of the panels",
+                                file_count="multiple", interactive=False, elem_id="downloads", scale=1)
+                with gr.Column(scale=1), gr.Accordion("All numbers (JSON summary)", open=False):
+                    summary_json = gr.JSON(label="summary", elem_id="summary")
+            with gr.Accordion("Selection step by step", open=True, elem_id="steps"):
+                with gr.Row(equal_height=True):
+                    step_method = gr.Dropdown([], label="Method", scale=1, elem_id="step-method")
+                    step = gr.Slider(1, 2, value=1, step=1, label="Step", scale=3, elem_id="step-slider",
+                                     info="replays the method's picks in the order it made them")
+                step_text = gr.Markdown("", elem_id="step-text")
+                with gr.Row(elem_classes="linked"):
+                    plot_step = gr.Plot(label="Selection step", show_label=False, elem_id="plot-step")
+            with gr.Accordion("Attention at every layer", open=False, elem_id="layers"):
+                with gr.Row(equal_height=True):
+                    layer_view = gr.Slider(0, 2, value=1, step=1, label="Layer", scale=3,
+                                           elem_id="layer-slider",
+                                           info="the last prompt token's attention at this layer, from "
+                                                "the same unpruned forward (no re-run)")
+                    head = gr.Dropdown([MEAN_HEADS], value=MEAN_HEADS, label="Heads", scale=1,
+                                       elem_id="layer-head")
+                with gr.Row(equal_height=True):
+                    layer_note = gr.Markdown("", elem_id="layer-note")
+                    calibrate_btn = gr.Button("Calibrate this layer's prior", visible=False, scale=0,
+                                              elem_id="calibrate-btn")
+                with gr.Row(equal_height=True, elem_classes="heatmaps linked"):
+                    plot_layer_att = gr.Plot(label="Attention at layer", show_label=False,
+                                             elem_id="plot-layer-attention", min_width=240)
+                    plot_layer_prior = gr.Plot(label="Prior at layer", show_label=False,
+                                               elem_id="plot-layer-prior", min_width=240)
+                    plot_layer_rel = gr.Plot(label="Relative attention at layer", show_label=False,
+                                             elem_id="plot-layer-relative", min_width=240)
+            with gr.Accordion("Keep-ratio sweep", open=False, elem_id="sweep"):
+                with gr.Row(equal_height=True):
+                    ratios = gr.Textbox(DEFAULT_SWEEP, label="Keep ratios", scale=4, elem_id="ratios",
+                                        info="every selected method at each ratio, same inputs as "
+                                             "above; IoU with the ground truth, else agreement with "
+                                             "vanilla")
+                    sweep_btn = gr.Button("Run sweep", scale=1, elem_id="sweep-btn")
+                sweep_error = gr.HTML("", elem_id="sweep-error")
+                plot_sweep = gr.Plot(label="Sweep", show_label=False, elem_id="plot-sweep")
+                sweep_means = gr.Markdown("", elem_id="sweep-means")
+                sweep_table = gr.Dataframe(headers=["method", "keep ratio", "kept", "metric", "answer"],
+                                           label="Sweep numbers", interactive=False, wrap=True,
+                                           max_height=320, elem_id="sweep-table")
+    vars(ui).update(gallery=gallery, guide=guide, stamp=stamp, status=status, plot_att=plot_att, plot_prior=plot_prior,
+                    plot_rel=plot_rel, plot_graph=plot_graph, facets=facets, answers=answers, efficiency=efficiency,
+                    files=files, summary_json=summary_json, step_method=step_method, step=step, step_text=step_text,
+                    plot_step=plot_step, layer_view=layer_view, head=head, layer_note=layer_note,
+                    calibrate_btn=calibrate_btn, plot_layer_att=plot_layer_att, plot_layer_prior=plot_layer_prior,
+                    plot_layer_rel=plot_layer_rel, ratios=ratios, sweep_btn=sweep_btn, sweep_error=sweep_error,
+                    plot_sweep=plot_sweep, sweep_means=sweep_means, sweep_table=sweep_table, results=results)
+
+
+def _bias_tab(ui: SimpleNamespace, layers: int, served: Served | None) -> None:
+    """The Bias explorer: natural and content-free priors, marginals, a blank image (mean or one head)."""
+    with gr.Row(equal_height=True):
+        bias_layer = gr.Slider(1, max(2, layers - 1), value=min(2, layers - 1), step=1, label="Layer K",
+                               scale=2, elem_id="bias-layer",
+                               info="the prior of layer K is attention at layer K−1")
+        bias_head = gr.Dropdown([MEAN_HEADS, *[f"head {h}" for h in range(_num_heads(served))]],
+                                value=MEAN_HEADS, label="Heads (blank image)", scale=1,
+                                elem_id="bias-head")
+        blank_colour = gr.Radio(list(BLANK_COLOURS), value="grey", label="Blank image colour", scale=2,
+                                elem_id="blank-colour")
+        bias_log = gr.Checkbox(False, label="log colour", scale=1, elem_id="bias-log")
+        bias_btn = gr.Button("Show the positional bias", variant="primary", scale=2, elem_id="bias-btn")
+    gr.Markdown("<span class='small-note'>Uses the model above. The first use per model and layer "
+                "calibrates the priors (progress bar), then they are cached. Priors are means over heads;"
+                " the blank-image attention can be shown per head.</span>")
+    bias_status = gr.Markdown(elem_id="bias-status")
+    with gr.Row(equal_height=True):
+        plot_nat = gr.Plot(label="Natural prior", show_label=False, elem_id="plot-natural")
+        plot_cf = gr.Plot(label="Content-free prior", show_label=False, elem_id="plot-content-free")
+    with gr.Row(equal_height=True):
+        plot_blank = gr.Plot(label="Attention on a blank image", show_label=False, elem_id="plot-blank")
+        plot_marg = gr.Plot(label="Marginals", show_label=False, elem_id="plot-marginals")
+    vars(ui).update(bias_layer=bias_layer, bias_head=bias_head, blank_colour=blank_colour, bias_log=bias_log,
+                    bias_btn=bias_btn, bias_status=bias_status, plot_nat=plot_nat, plot_cf=plot_cf,
+                    plot_blank=plot_blank, plot_marg=plot_marg)
+
+
+def _wire_events(ui: SimpleNamespace, lab: LabApp) -> None:
+    """The model events (API and page: the queue's model lane, each validated by ``lab.busy``), the display events
+    (cached results redrawn in their own lane) and the page script's hooks."""
+    analysis_inputs = [ui.model, ui.image, ui.task, ui.prompt, ui.expression, ui.gt_box, ui.methods, ui.keep_ratio,
+                       ui.layer, ui.alpha, ui.theta, ui.r_pivot, ui.max_new_tokens, ui.prior, ui.colour_scale,
+                       ui.log_colour]
+    heavy = dict(concurrency_id="gpu", concurrency_limit=lab.limits.concurrency, validator=lab.busy)
+    render = dict(concurrency_id="render", concurrency_limit=lab.limits.render_concurrency)
+    plots = [ui.plot_att, ui.plot_prior, ui.plot_rel, ui.plot_graph, *ui.facets]
+    # the API (gradio_client, raw HTTP through the queue): errors are raised
+    bias_inputs = [ui.model, ui.bias_layer, ui.bias_head, ui.blank_colour, ui.bias_log]
+    bias_outputs = [ui.bias_status, ui.plot_nat, ui.plot_cf, ui.plot_blank, ui.plot_marg]
+    ui.api_analyze.click(gpu(typed(lab.analyze_api, AnalysisInputs, progress=True)), analysis_inputs,
+                         [ui.status, *plots, ui.answers, ui.efficiency, ui.files, ui.summary_json],
+                         api_name="analyze", preprocess=False, **heavy)
+    ui.api_sweep.click(gpu(typed(lab.sweep_api, SweepInputs, progress=True)), [*analysis_inputs, ui.ratios],
+                       [ui.plot_sweep, ui.sweep_table, ui.sweep_means], api_name="sweep", preprocess=False, **heavy)
+    ui.api_bias.click(gpu(typed(lab.bias_api, BiasInputs, progress=True)), bias_inputs, bias_outputs,
+                      api_name="bias", preprocess=False, **heavy)
+    # the page: errors go beside the controls and the results on screen stay
+    ui_outputs = [ui.error_box, ui.shown, ui.guide, ui.results, ui.status, *plots, ui.answers, ui.efficiency,
+                  ui.summary_json, ui.step_method, ui.step, ui.layer_view, ui.head, ui.stamp]
+    if len(ui_outputs) != UI_ANALYSIS_OUTPUTS:  # a programming error, caught by every UI test
+        raise RuntimeError(f"the Analyze button has {len(ui_outputs)} outputs, not {UI_ANALYSIS_OUTPUTS}")
+    ui.analyze_btn.click(
+        gpu(typed(lab.analyze_ui, AnalysisInputs, progress=True)), analysis_inputs, ui_outputs,
+        api_visibility="private", preprocess=False, scroll_to_output=False,
+        show_progress_on=[ui.status, ui.error_box],
+        js="(...args) => { window.d2lab && window.d2lab.started(); return args; }", **heavy,
+    ).then(typed(lab.files_ui, DisplayInputs), [ui.shown], [ui.files], api_visibility="private", **render)
+    for control in (ui.colour_scale, ui.log_colour):
+        control.change(typed(lab.rerender, DisplayInputs), [ui.shown, ui.colour_scale, ui.log_colour],
+                       [ui.plot_att, ui.plot_prior, ui.plot_rel], api_visibility="private", show_progress="hidden",
+                       **render)
+    step_inputs = [ui.shown, ui.step_method, ui.step]
+    for control in (ui.step_method, ui.step):
+        control.change(typed(lab.step_view, StepInputs), step_inputs, [ui.step_text, ui.plot_step],
+                       api_visibility="private", show_progress="hidden", **render)
+    layer_inputs = [ui.shown, ui.layer_view, ui.head, ui.log_colour]
+    layer_outputs = [ui.layer_note, ui.plot_layer_att, ui.plot_layer_prior, ui.plot_layer_rel, ui.calibrate_btn]
+    for control in (ui.layer_view, ui.head):
+        control.change(typed(lab.layer_view, LayerInputs), layer_inputs, layer_outputs,
+                       api_visibility="private", show_progress="hidden", **render)
+    ui.calibrate_btn.click(gpu(typed(lab.calibrate_layer, LayerInputs, progress=True)), layer_inputs,
+                           layer_outputs, api_visibility="private", **heavy)
+    ui.sweep_btn.click(gpu(typed(lab.sweep_ui, SweepInputs, progress=True)), [*analysis_inputs, ui.ratios],
+                       [ui.sweep_error, ui.plot_sweep, ui.sweep_table, ui.sweep_means], api_visibility="private",
+                       preprocess=False, **heavy)
+    ui.bias_btn.click(gpu(typed(lab.bias_ui, BiasInputs, progress=True)), bias_inputs, bias_outputs,
+                      api_visibility="private", preprocess=False, **heavy)
+    ui.model.change(gpu(typed(lab.load_model, ModelInputs, progress=True)), [ui.model],
+                    [ui.banner, ui.layer, ui.bias_layer, ui.model_md], api_name="load_model", preprocess=False,
+                    **heavy)
+    ui.stamp.change(None, None, None, js="() => window.d2lab && window.d2lab.resultsArrived()")
+    for control in (ui.model, ui.image, ui.task, ui.prompt, ui.expression, ui.gt_box, ui.methods, ui.keep_ratio,
+                    ui.layer, ui.alpha, ui.theta, ui.r_pivot, ui.max_new_tokens, ui.prior):
+        control.change(None, None, None, js="() => window.d2lab && window.d2lab.inputsChanged()")
+    ui.gt_box.change(None, [ui.gt_box], None, js="(box) => window.d2lab && window.d2lab.drawGroundTruth(box)")
+
+
+def _wire_light(ui: SimpleNamespace, lab: LabApp, examples: Sequence[dict]) -> None:
+    """Light UI events (no model, no file): answered at once, outside the queue."""
+    light = dict(queue=False, api_visibility="private", show_progress="hidden")
+    ui.task.change(lambda t: (gr.update(visible=t != "Grounding"), gr.update(visible=t == "Grounding")), [ui.task],
+                   [ui.prompt, ui.expression], **light)
+    ui.methods.change(d2_controls, [ui.methods], [ui.alpha, ui.theta, ui.r_pivot], **light)
+    for control in (ui.preset, ui.task, ui.model):
+        control.change(apply_preset, [ui.preset, ui.task, ui.model], [ui.layer, ui.alpha, ui.theta, ui.r_pivot],
+                       **light)
+    for control in (ui.layer, ui.alpha, ui.theta, ui.r_pivot):
+        control.input(lambda: "custom", None, [ui.preset], **light)
+    fill_example = example_filler(examples)
+    ui.gallery.click(fill_example, [ui.gallery],
+                     [ui.image, ui.task, ui.prompt, ui.expression, ui.gt_box, ui.corner, ui.corner_hint], **light)
+    ui.image.select(lab.pick_corner, [ui.corner], [ui.gt_box, ui.corner, ui.corner_hint], **light)
+    ui.image.upload(lambda: ("", None, ""), None, [ui.gt_box, ui.corner, ui.corner_hint], **light)
 
 
 def _num_heads(served: Served | None) -> int:
