@@ -142,11 +142,12 @@ def measure(analyzer, image, shape: str, keep_ratio: float, args) -> dict:
                 times[label].append(time.perf_counter() - start)
             peaks[label].append(memory.peak)
             answers[label] = {m: r.answer for m, r in result.methods.items()}
-    assert answers["six, one by one"] == answers["six, batched"], "batched answers differ from one by one"
+    alone, batched = answers["six, one by one"], answers["six, batched"]
+    same = sum(alone[m] == batched[m] for m in batched)
     one = statistics.median(times["one method"])
     return {
         "shape": shape, "keep_ratio": keep_ratio, "num_candidates": result.num_candidates, "n": result.n,
-        "prompt_tokens": result.prompt_tokens,
+        "prompt_tokens": result.prompt_tokens, "same_answers": f"{same}/{len(batched)}",
         "runs": runs, "layers": analyzer.num_layers,
         "configs": {label: {"median_s": statistics.median(t), "ratio": statistics.median(t) / one,
                             "peak_mb": statistics.median(peaks[label]) / 1e6} for label, t in times.items()},
@@ -163,21 +164,26 @@ def render(rows: list[dict], args) -> str:
         f"{args.max_new_tokens} new tokens · prior uniform · medians of interleaved repetitions · "
         f"`python bench/analysis.py{' --device cuda' if args.device != 'cpu' else ''}`",
         "",
-        "| shape | N visual | layers | keep (n) | configuration | median s | × one method | peak memory above base |",
-        "|---|---:|---:|---|---|---:|---:|---:|",
+        "| shape | N visual | layers | keep (n) | configuration | median s | × one method | peak memory above base "
+        "| answers = one by one |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         for label, c in row["configs"].items():
+            same = row.get("same_answers", "–") if label == "six, batched" else ""
             lines.append(f"| {row['shape']} | {row['num_candidates']} | {row['layers']} | "
                          f"{row['keep_ratio']:.3g} ({row['n']}) | {label} | "
-                         f"{c['median_s']:.3f} | {c['ratio']:.2f}× | {c['peak_mb']:.0f} MB |")
+                         f"{c['median_s']:.3f} | {c['ratio']:.2f}× | {c['peak_mb']:.0f} MB | {same} |")
     lines += [
         "",
         "Six methods: FastV, DART, DivPrune, MMR, D²Pruner, DI only. *One by one* = `analyze(..., method_batch=1)`: "
         "the same replayed prefix, one generation per method; *batched* = the default, one generation with one row per "
-        "method. Both give identical answers (asserted here and tested). Real-width shapes: the language model of "
-        "LLaVA-1.5-7B / LLaVA-NeXT-7B (hidden 4096, FFN 11008, 32 heads, vocabulary 32064) at the depth given, "
-        "bf16, random weights. CPU peak memory is the resident set size, sampled every 2 ms.",
+        "method. *Answers = one by one*: how many of the six batched answers equal the one-by-one answers of the same "
+        "run. In float32 the tests pin them identical (tokens, logits within 1e-5); the real-width shapes run in bf16 "
+        "with random weights, whose near-flat logits let a batched matmul's different rounding change a greedy "
+        "token. Real-width shapes: the language model of LLaVA-1.5-7B / LLaVA-NeXT-7B (hidden 4096, FFN 11008, 32 "
+        "heads, vocabulary 32064) at the depth given, bf16, random weights. CPU peak memory is the resident set "
+        "size, sampled every 2 ms.",
     ]
     return "\n".join(lines) + "\n"
 

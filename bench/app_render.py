@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fake_analyzer import fake_loader
+from fake_analyzer import OnlineProbe, fake_loader
 from machine import cpu_name
 
 import app as lab_app
@@ -36,26 +36,6 @@ from d2pruner.serving.host import AllowList, ModelHost
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"LLaVA-1.5 layout (576 tokens)": "llava-hf/llava-1.5-7b-hf",
           "LLaVA-NeXT layout (2,880 tokens)": "llava-hf/llava-v1.6-vicuna-7b-hf"}
-
-
-class OnlineProbe:
-    """The Hub as a benchmark wants it: reachable, every checkpoint cached (nothing is downloaded: the loader is
-    the fake one)."""
-
-    def reachable(self) -> bool:
-        return True
-
-    def cached(self, name: str) -> bool:
-        return True
-
-    def parameters(self, name: str) -> float:
-        return 7e6
-
-    def cached_weight_bytes(self, name: str) -> None:
-        return None
-
-    def local_snapshot(self, name: str):
-        raise RuntimeError("not offline")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

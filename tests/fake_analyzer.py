@@ -235,3 +235,23 @@ def layout_for(name: str) -> str:
 def fake_loader(name: str, *, device: str = "cpu", local_folder: str | None = None, delay: float = 0.0):
     """A :class:`~d2pruner.serving.host.ModelHost` loader answering with :class:`FakeAnalyzer` s."""
     return FakeAnalyzer(name, layout_for(name), delay=delay)
+
+
+class OnlineProbe:
+    """The Hub and the cache as the app's tests and benchmarks want them: reachable, every checkpoint cached, 7 M
+    parameters (nothing is downloaded: the loader is :func:`fake_loader`)."""
+
+    def reachable(self) -> bool:
+        return True
+
+    def cached(self, name: str) -> bool:
+        return True
+
+    def parameters(self, name: str) -> float:
+        return 7e6
+
+    def cached_weight_bytes(self, name: str) -> None:
+        return None
+
+    def local_snapshot(self, name: str):
+        raise AssertionError("not offline")

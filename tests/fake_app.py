@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fake_analyzer import FakeAnalyzer, layout_for
+from fake_analyzer import FakeAnalyzer, OnlineProbe, layout_for
 
 import app as lab_app
 from d2pruner.serving.host import AllowList, ModelHost
@@ -37,20 +37,6 @@ class SlowOnRequest(FakeAnalyzer):
         return super().analyze(image, prompt, **kwargs)
 
 
-class Probe:
-    def reachable(self):
-        return True
-
-    def cached(self, name):
-        return True
-
-    def parameters(self, name):
-        return 7e6
-
-    def cached_weight_bytes(self, name):
-        return None
-
-
 def loader(name, *, device="cpu", local_folder=None, delay=0.5):
     return SlowOnRequest(name, layout_for(name), slow=delay)
 
@@ -62,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limits = Limits.from_env()
-    host = ModelHost(device="cpu", allowed=AllowList(("*",)), budget_bytes=1e12, probe=Probe(),
+    host = ModelHost(device="cpu", allowed=AllowList(("*",)), budget_bytes=1e12, probe=OnlineProbe(),
                      loader=functools.partial(loader, delay=args.delay))
     lab = lab_app.LabApp(host, default_model="llava-hf/llava-1.5-7b-hf", limits=limits)
     Janitor([lab.out_dir, lab_app._gradio_upload_dir()], limits.file_age_seconds, limits.cleanup_seconds).start()

@@ -15,7 +15,7 @@ import gradio as gr
 import numpy as np
 import pytest
 from app_helpers import EXAMPLES, ROOT, example
-from fake_analyzer import FakeAnalyzer, fake_loader
+from fake_analyzer import FakeAnalyzer, OnlineProbe, fake_loader
 from PIL import Image
 
 import app as lab_app
@@ -28,28 +28,9 @@ NEXT = "llava-hf/llava-v1.6-vicuna-7b-hf"
 ALL = list(lab_app.METHODS)
 
 
-class Probe:
-    """The Hub and cache, as a test wants them: reachable, every checkpoint 7 B parameters."""
-
-    def reachable(self):
-        return True
-
-    def cached(self, name):
-        return True
-
-    def parameters(self, name):
-        return 7e6
-
-    def cached_weight_bytes(self, name):
-        return None
-
-    def local_snapshot(self, name):
-        raise AssertionError("not offline")
-
-
 def make_lab(tmp_path, *, allowed=("*",), budget=1e12, loader=fake_loader, limits=None) -> lab_app.LabApp:
     host = ModelHost(device="cpu", allowed=AllowList(tuple(allowed)), budget_bytes=budget, loader=loader,
-                     probe=Probe())
+                     probe=OnlineProbe())
     return lab_app.LabApp(host, default_model=LLAVA, upload_roots=[EXAMPLES, tmp_path], out_dir=tmp_path / "out",
                           limits=limits)
 
@@ -162,6 +143,24 @@ def test_area_outside_the_centre_crop_is_shaded(lab):
     for fig in (figure(out["heatmaps"][0]), figure(out["facets"][1])):
         outside = sorted((s["x0"], s["x1"]) for s in fig["layout"]["shapes"] if s.get("name") == "outside")
         assert outside == [(0.0, 100.0), (500.0, 600.0)]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (8, 200), (600, 12), (20, 600), (1500, 40)])
+@pytest.mark.parametrize("model", ["fake", "tiny-llava", "tiny-qwen2.5-vl"])
+def test_small_and_extreme_aspect_images_are_analysed(tmp_path, model, size):
+    """Images a few pixels wide or 1:40 (they broke the report PNG's colour bar): every panel, table and download,
+    on the real tiny models (their processors resize them) and on the fake LLaVA-1.5 layout."""
+    from d2pruner.serving.host import default_loader
+
+    lab = make_lab(tmp_path, loader=fake_loader if model == "fake" else default_loader)
+    path = tmp_path / f"{size[0]}x{size[1]}.png"
+    Image.new("RGB", size, (180, 40, 40)).save(path)
+    out = api_outputs(lab.analyze_api(inputs(model=LLAVA if model == "fake" else model, image=str(path), gt_box="",
+                                             methods=["fastv", "d2pruner"], max_new_tokens=2)))
+    assert "N = " in out["status"] and len(out["facets"]) == 3
+    json_path, png_path = out["files"]
+    assert Image.open(png_path).width > 300 and json.loads(Path(json_path).read_text())["image"]["uploaded_size"] == [
+        *size]
 
 
 def test_random_model_warning_in_every_export(tmp_path):

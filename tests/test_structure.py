@@ -82,7 +82,7 @@ def test_no_submodule_imports_the_package_root():
 #: layers from the bottom up; a module may import its own layer and those below it, never one above
 LAYERS = [
     {"d2pruner.ops", "d2pruner.compat", "d2pruner.resources", "d2pruner.architecture", "d2pruner.geometry",
-     "d2pruner.tokens"},
+     "d2pruner.tokens", "d2pruner.memory"},
     {"d2pruner.graph", "d2pruner.grounding", "d2pruner.priors"},
     {"d2pruner.methods", "d2pruner.families"},
     {"d2pruner.efficiency", "d2pruner.pruning", "d2pruner.presets"},

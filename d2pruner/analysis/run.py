@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from d2pruner import memory
 from d2pruner.analysis.prepared import Prepared
 from d2pruner.pruning import Prefix, PruneState, prune
 from d2pruner.pruning.cache import cache_argument, growing_cache
@@ -121,17 +122,8 @@ def rows_per_chunk(model, *, rows: int, length: int, kept_length: int, max_new_t
 
 
 def free_memory(device: torch.device) -> float | None:
-    """Free bytes on ``device`` (CUDA: free memory; CPU: MemAvailable), None when unknown."""
-    try:
-        if device.type == "cuda":
-            return float(torch.cuda.mem_get_info(device)[0])
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except (OSError, RuntimeError, ValueError, IndexError):
-        return None
-    return None
+    """Free bytes on ``device`` (:func:`d2pruner.memory.free_bytes`)."""
+    return memory.free_bytes(device)
 
 
 def sync(model) -> None:

@@ -50,13 +50,8 @@ class PriorStore:
     def get(self, layer: int, kind: str = "natural", *, progress: Progress | None = None) -> tuple[Prior, list[str]]:
         """The prior at layer K (``layer``) and its notes: loaded from the first folder that has a usable file, else
         calibrated now (bundled photographs, or blank and noise images for ``"content-free"``) and saved."""
-        if kind not in KINDS:
-            raise ValueError(f"prior kind must be one of {KINDS}; got {kind!r}")
         with self._lock:
-            if (layer, kind) in self._priors:
-                return self._priors[(layer, kind)], []
-            notes: list[str] = []
-            prior = self._load(layer, kind, notes)
+            prior, notes = self._known(layer, kind)
             if prior is None:
                 prior = calibrate_bundled(self.observe, model_id=self.model_id, family=self.family, layer=layer,
                                           kind=kind, progress=progress)
@@ -67,16 +62,21 @@ class PriorStore:
 
     def find(self, layer: int, kind: str = "natural") -> tuple[Prior | None, list[str]]:
         """The prior at layer K if one is loaded or saved (never calibrates), and the notes of this lookup."""
+        with self._lock:
+            return self._known(layer, kind)
+
+    def _known(self, layer: int, kind: str) -> tuple[Prior | None, list[str]]:
+        """The prior in memory, else loaded from a file (kept in memory), else None; the notes of this lookup.
+        The caller holds the lock."""
         if kind not in KINDS:
             raise ValueError(f"prior kind must be one of {KINDS}; got {kind!r}")
-        with self._lock:
-            if (layer, kind) in self._priors:
-                return self._priors[(layer, kind)], []
-            notes: list[str] = []
-            prior = self._load(layer, kind, notes)
-            if prior is not None:
-                self._priors[(layer, kind)] = prior
-            return prior, notes
+        if (layer, kind) in self._priors:
+            return self._priors[(layer, kind)], []
+        notes: list[str] = []
+        prior = self._load(layer, kind, notes)
+        if prior is not None:
+            self._priors[(layer, kind)] = prior
+        return prior, notes
 
     def _load(self, layer: int, kind: str, notes: list[str]) -> Prior | None:
         filename = prior_filename(self.model_id, layer, kind)

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from d2pruner.memory import free_bytes, total_bytes
+
 log = logging.getLogger("d2pruner.serving")
 
 Progress = Callable[[str], None]
@@ -79,35 +81,8 @@ class AllowList:
 # ---------------------------------------------------------------------------------------------------- probes
 
 
-def free_memory(device: str) -> float | None:
-    """Free bytes on the device (CUDA: free memory; CPU: MemAvailable), or None if unknown."""
-    try:
-        if device.startswith("cuda"):
-            import torch
-
-            return float(torch.cuda.mem_get_info()[0])
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except (OSError, RuntimeError, ValueError, IndexError):
-        return None
-    return None
-
-
-def total_memory(device: str) -> float | None:
-    try:
-        if device.startswith("cuda"):
-            import torch
-
-            return float(torch.cuda.get_device_properties(0).total_memory)
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return float(line.split()[1]) * 1024
-    except (OSError, RuntimeError, ValueError, IndexError, AssertionError):
-        return None
-    return None
+free_memory = free_bytes  # module attributes: tests stand in for them
+total_memory = total_bytes
 
 
 class HubProbe:

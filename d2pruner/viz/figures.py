@@ -22,7 +22,7 @@ Figures:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +166,22 @@ def _grid_meta(g) -> dict:
     return {"grid": g.name, "offset": g.offset, "rows": g.rows, "cols": g.cols}
 
 
+def _grid_heatmaps(geometry: TokenGeometry, values: np.ndarray, *, active: int = 0,
+                   style: Callable[[object], dict]) -> tuple[list[dict], list[int | None]]:
+    """One heatmap trace per grid of every view (``values`` per token, laid out on each grid; the traces of view
+    ``active`` visible), and the view of each trace. ``style(grid)`` adds the trace's other attributes."""
+    traces, view_of_trace = [], []
+    for vi, (_, grid_ids) in enumerate(geometry.views()):
+        for k in grid_ids:
+            g = geometry.grids[k]
+            xe, ye = geometry.grid_edges(k)
+            traces.append(dict(type="heatmap", z=values[g.offset : g.offset + g.size].reshape(g.rows, g.cols),
+                               x=np.round(xe, 2), y=np.round(ye, 2), meta=_grid_meta(g), visible=vi == active,
+                               **style(g)))
+            view_of_trace.append(vi)
+    return traces, view_of_trace
+
+
 # ---------------------------------------------------------------------------------------------------- heatmaps
 
 
@@ -211,21 +227,10 @@ def token_heatmap(
     colour, _ = color_values(values * value_scale, log)
     zmin, zmax = zrange if zrange is not None else value_range(values * value_scale, log=log)
     views = geometry.views()
-    view_of_trace: list[int | None] = []
-    traces = []
     shown = ("log₁₀ " if log else "") + value_label + (f" × {value_scale:.3g}" if value_scale != 1.0 else "")
-    for vi, (_, grid_ids) in enumerate(views):
-        for k in grid_ids:
-            g = geometry.grids[k]
-            sl = slice(g.offset, g.offset + g.size)
-            xe, ye = geometry.grid_edges(k)
-            traces.append(dict(
-                type="heatmap", z=compact(colour[sl]).reshape(g.rows, g.cols), x=np.round(xe, 2), y=np.round(ye, 2),
-                coloraxis="coloraxis", opacity=HEATMAP_OPACITY, name=g.name, meta=_grid_meta(g),
-                hovertemplate=f"{g.name} grid<br>{shown}: %{{z:.3g}}<extra></extra>",
-                visible=vi == 0,
-            ))
-            view_of_trace.append(vi)
+    traces, view_of_trace = _grid_heatmaps(geometry, compact(colour), style=lambda g: dict(
+        coloraxis="coloraxis", opacity=HEATMAP_OPACITY, name=g.name,
+        hovertemplate=f"{g.name} grid<br>{shown}: %{{z:.3g}}<extra></extra>"))
     colorbar = dict(title=dict(text=colorbar_title or shown, side="right"), thickness=11, len=0.85,
                     **colorbar_ticks(zmin, zmax, log=log))
     return _image_figure(
@@ -449,18 +454,8 @@ def facet_figure(
             raise ValueError(f"kept indices of {panel.label!r} must lie in [0, {n})")
         pruned[kept] = 0
     views = geometry.views()
-    view_of_trace: list[int | None] = []
-    traces = []
-    for vi, (_, grid_ids) in enumerate(views):
-        for gk in grid_ids:
-            g = geometry.grids[gk]
-            xe, ye = geometry.grid_edges(gk)
-            traces.append(dict(
-                type="heatmap", z=pruned[g.offset : g.offset + g.size].reshape(g.rows, g.cols), x=np.round(xe, 2),
-                y=np.round(ye, 2), zmin=0, zmax=1, colorscale=_pruned_colorscale(), showscale=False,
-                name=panel.label, meta=_grid_meta(g), hoverinfo="none", visible=vi == 0,
-            ))
-            view_of_trace.append(vi)
+    traces, view_of_trace = _grid_heatmaps(geometry, pruned, style=lambda g: dict(
+        zmin=0, zmax=1, colorscale=_pruned_colorscale(), showscale=False, name=panel.label, hoverinfo="none"))
     boxes = []
     if gt_box is not None:
         boxes.append(_box_shape(gt_box, GT_COLOR, dash="dash", width=2.5, name="ground truth"))
@@ -514,19 +509,8 @@ def step_figure(
         scale += [[i / 5, c], [(i + 1) / 5, c]]
     views = geometry.views()
     current_view = int(geometry.view_of_token()[int(current)])
-    view_of_trace: list[int | None] = []
-    traces = []
-    for vi, (_, grid_ids) in enumerate(views):
-        for gk in grid_ids:
-            g = geometry.grids[gk]
-            xe, ye = geometry.grid_edges(gk)
-            traces.append(dict(
-                type="heatmap", z=state[g.offset : g.offset + g.size].reshape(g.rows, g.cols), x=np.round(xe, 2),
-                y=np.round(ye, 2),
-                zmin=-0.5, zmax=4.5, colorscale=scale, showscale=False, meta=_grid_meta(g), hoverinfo="none",
-                opacity=0.9, visible=vi == current_view, name="selection",
-            ))
-            view_of_trace.append(vi)
+    traces, view_of_trace = _grid_heatmaps(geometry, state, active=current_view, style=lambda g: dict(
+        zmin=-0.5, zmax=4.5, colorscale=scale, showscale=False, hoverinfo="none", opacity=0.9, name="selection"))
     shapes = [_outside_shapes(geometry, v) for v in range(len(views))]
     regions = geometry.regions
     for t in newly_excluded:
