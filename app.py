@@ -238,12 +238,16 @@ def _cached(entry: Entry, key, build: Callable[[], object]):
     return entry.renders[key]
 
 
+def short_name(model: str) -> str:
+    """A model id without its owner or folder (the part after the last "/"): what fits a panel's title."""
+    return model.rstrip("/").rsplit("/", 1)[-1]
+
+
 def model_note(entry: Entry, *, short: bool = False) -> str:
-    """How tables (the full id) and figure titles (``short``: the part after the last "/", which fits a panel) name
-    the model that produced them."""
+    """How tables (the full id) and figure titles (``short``: :func:`short_name`) name the model that produced
+    them."""
     tag = " (random weights)" if entry.random_weights else ""
-    name = entry.served_name.rstrip("/").rsplit("/", 1)[-1] if short else entry.served_name
-    return f"{name}{tag}"
+    return f"{short_name(entry.served_name) if short else entry.served_name}{tag}"
 
 
 # ---------------------------------------------------------------------------------------------------- rendering
@@ -264,7 +268,7 @@ def heatmap_figures(entry: Entry, *, colour: str, log_colour: bool) -> tuple[Plo
             shared = viz.value_range(att, prior, rel * scale, log=log_colour)
             zr = (shared, shared, shared)
         prior_title = "uniform" if r.prior_source == "uniform" else r.prior_source.split(",")[0]
-        prior_title = prior_title.replace(entry.served_name, model_note(entry, short=True).split(" (")[0])
+        prior_title = prior_title.replace(entry.served_name, short_name(entry.served_name))
         sub = f"{model_note(entry, short=True)} · layer K−1 = {k - 1}"
         common = dict(image_source=entry.photo_url, log=log_colour, height=380)
         figs = (

@@ -278,7 +278,7 @@ def test_a_checkpoint_larger_than_memory_is_not_downloaded():
 
 
 def test_free_memory_is_checked_before_loading(monkeypatch):
-    monkeypatch.setattr(host_module, "free_memory", lambda device: 3e6)
+    monkeypatch.setattr(host_module, "free_bytes", lambda device: 3e6)
     host = host_of(budget=1e12)
     served = host.prepare("a/1")
     assert served.name == "tiny-llava" and "0 GB are free" in served.reason

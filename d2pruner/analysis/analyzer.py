@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from d2pruner import memory
 from d2pruner.analysis import run
 from d2pruner.analysis.inputs import check_int, check_methods, keep_count, route_params
 from d2pruner.analysis.prepared import Prepared, prepare
@@ -318,7 +319,7 @@ class Analyzer:
         kept_length = prepared.tokens.seq_len - prepared.tokens.num_candidates + n_kept
         chunk = run.rows_per_chunk(model, rows=len(methods), length=prepared.tokens.seq_len, kept_length=kept_length,
                                    max_new_tokens=settings.max_new_tokens, layer=settings.layer,
-                                   free_bytes=run.free_memory(self.device))
+                                   free_bytes=memory.free_bytes(self.device))
         chunk = min(chunk, settings.method_batch or chunk)
         answers, seconds, chunks, alone = {}, 0.0, 0, {}
         for i in range(0, len(methods), chunk):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-from d2pruner import memory
 from d2pruner.analysis.prepared import Prepared
 from d2pruner.pruning import Prefix, PruneState, prune
 from d2pruner.pruning.cache import cache_argument, growing_cache
@@ -119,11 +118,6 @@ def rows_per_chunk(model, *, rows: int, length: int, kept_length: int, max_new_t
     logits = int(getattr(text, "vocab_size", 0)) * 4 * 2
     per_row = cache + activations + logits
     return max(1, min(rows, int(0.5 * free_bytes // per_row)))
-
-
-def free_memory(device: torch.device) -> float | None:
-    """Free bytes on ``device`` (:func:`d2pruner.memory.free_bytes`)."""
-    return memory.free_bytes(device)
 
 
 def sync(model) -> None:

@@ -81,10 +81,6 @@ class AllowList:
 # ---------------------------------------------------------------------------------------------------- probes
 
 
-free_memory = free_bytes  # module attributes: tests stand in for them
-total_memory = total_bytes
-
-
 class HubProbe:
     """What the Hub and the local cache say about a checkpoint, quickly (replaceable in tests).
 
@@ -245,7 +241,7 @@ class ModelHost:
         self.allowed = allowed if allowed is not None else AllowList.from_env()
         if budget_bytes is None:
             gb = os.environ.get("D2PRUNER_MEMORY_GB")
-            total = total_memory(device)
+            total = total_bytes(device)
             budget_bytes = float(gb) * 1e9 if gb else (total * (0.9 if device.startswith("cuda") else 0.8)
                                                        if total else float("inf"))
         self.budget_bytes = float(budget_bytes)
@@ -409,7 +405,7 @@ class ModelHost:
         with self._lock:
             idle = [m for m in self._models.values() if m.users == 0 and not m.pinned]
             resident = sum(m.nbytes for m in self._models.values())
-            free = free_memory(self.device)
+            free = free_bytes(self.device)
             reclaimable = sum(m.nbytes for m in idle)
             fits_budget = resident - reclaimable + need <= self.budget_bytes
             fits_free = free is None or need <= 0.95 * (free + reclaimable)
@@ -420,7 +416,7 @@ class ModelHost:
                                   f"{free_text} (in use: {held})")
             for m in idle:  # least recently used first (the table is in use order)
                 resident_now = sum(x.nbytes for x in self._models.values())
-                free_now = free_memory(self.device)
+                free_now = free_bytes(self.device)
                 if resident_now + need <= self.budget_bytes and (free_now is None or need <= 0.95 * free_now):
                     break
                 self._evict(m.name)
